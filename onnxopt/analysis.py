@@ -1,0 +1,187 @@
+"""Static model statistics: parameters, MACs per node, op histogram.
+
+MACs (multiply-accumulates) are counted for the layers that dominate CNN and MLP cost:
+Conv, ConvTranspose, Gemm and MatMul. They need shapes, so the model is shape-inferred
+with its dynamic input dimensions fixed: the first dynamic dimension to 1 (one sample),
+other dynamic dimensions from ``input_shapes`` — where one stays unknown, MACs of the
+layers that depend on it are ``None`` rather than a guess.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+logger = logging.getLogger(__name__)
+
+COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    name: str
+    op_type: str
+    macs: int | None
+    params: int
+
+
+def _with_fixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    initializers = {t.name for t in fixed.graph.initializer}
+    for value in fixed.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        dims = value.type.tensor_type.shape.dim
+        override = input_shapes.get(value.name)
+        if override is not None and len(override) == len(dims):
+            for dim, size in zip(dims, override):
+                dim.Clear()
+                dim.dim_value = int(size)
+        elif dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = 1
+    return fixed
+
+
+def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:  # shape inference is best effort: MACs become unknown
+        logger.debug("shape inference failed: %s", exc)
+        inferred = model
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    graph = inferred.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
+            shapes[value.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else None
+                for d in value.type.tensor_type.shape.dim
+            )
+    for tensor in graph.initializer:
+        shapes[tensor.name] = tuple(tensor.dims)
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    shapes[node.output[0]] = tuple(attr.t.dims)
+    return shapes
+
+
+def _constant_sizes(model: onnx.ModelProto) -> dict[str, int]:
+    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    sizes[node.output[0]] = int(np.prod(attr.t.dims, dtype=np.int64))
+    return sizes
+
+
+def _known(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
+    get = lambda i: shapes.get(node.input[i]) if len(node.input) > i and node.input[i] else None  # noqa: E731
+    out = shapes.get(node.output[0]) if node.output else None
+    if node.op_type == "Conv":
+        weight = get(1)
+        if not (_known(weight) and _known(out)):
+            return None
+        # out = [N, F, *spatial]; each output element costs (C/group)·prod(kernel) MACs.
+        return math.prod(out) * math.prod(weight[1:])
+    if node.op_type == "ConvTranspose":
+        weight, x = get(1), get(0)
+        if not (_known(weight) and _known(x)):
+            return None
+        # Each input element is scattered through (F/group)·prod(kernel) weights.
+        return math.prod(x) * math.prod(weight[1:])
+    if node.op_type == "Gemm":
+        a, b = get(0), get(1)
+        if not (_known(a) and _known(b)):
+            return None
+        m = a[1] if _attr(node, "transA", 0) else a[0]
+        k = a[0] if _attr(node, "transA", 0) else a[1]
+        n = b[0] if _attr(node, "transB", 0) else b[1]
+        return m * k * n
+    if node.op_type == "MatMul":
+        a, b = get(0), get(1)
+        if not (_known(a) and _known(b)) or not a or not b:
+            return None
+        if len(b) == 1:
+            return math.prod(a)
+        if len(a) == 1:
+            return math.prod(b)
+        # out = batch · M · N, each element costs K MACs.
+        return math.prod(out) * a[-1] if _known(out) else None
+    return None
+
+
+def node_costs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, NodeCost]:
+    """MACs and parameter count of every node of the main graph, keyed by node name.
+
+    Nodes without a name are keyed ``<op_type>_<index>``. Parameters are the elements of
+    the node's constant inputs (initializers or ``Constant`` outputs).
+    """
+    shapes = _shape_map(_with_fixed_inputs(model, input_shapes or {}))
+    constants = _constant_sizes(model)
+    costs: dict[str, NodeCost] = {}
+    for index, node in enumerate(model.graph.node):
+        if node.op_type == "Constant":
+            continue
+        name = node.name or f"{node.op_type}_{index}"
+        params = sum(constants.get(i, 0) for i in node.input if i)
+        macs = _node_macs(node, shapes) if node.op_type in COUNTED_OPS else 0
+        costs[name] = NodeCost(name=name, op_type=node.op_type, macs=macs, params=params)
+    return costs
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    nodes: int
+    parameters: int
+    macs: int | None  # None when some counted layer has unknown shapes
+    op_histogram: dict[str, int]
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        return {
+            "nodes": self.nodes,
+            "parameters": self.parameters,
+            "macs": self.macs,
+            "op_histogram": self.op_histogram,
+            "size_bytes": self.size_bytes,
+        }
+
+
+def parameter_count(model: onnx.ModelProto) -> int:
+    return sum(_constant_sizes(model).values())
+
+
+def model_stats(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None, costs: dict[str, NodeCost] | None = None) -> ModelStats:
+    from onnxopt.io import model_size_bytes
+
+    costs = costs if costs is not None else node_costs(model, input_shapes)
+    counted = [c.macs for c in costs.values() if c.op_type in COUNTED_OPS]
+    macs = None if any(m is None for m in counted) else int(sum(counted))
+    histogram = collections.Counter(node.op_type for node in model.graph.node)
+    return ModelStats(
+        nodes=len(model.graph.node),
+        parameters=parameter_count(model),
+        macs=macs,
+        op_histogram=dict(sorted(histogram.items(), key=lambda kv: (-kv[1], kv[0]))),
+        size_bytes=model_size_bytes(model),
+    )

@@ -1,0 +1,290 @@
+"""Model input and output: files, stdin/stdout, external data, atomic writes.
+
+Rules this module enforces for every command:
+
+* The input file is only ever read. Writing onto it needs an explicit ``in_place=True``.
+* External data is resolved relative to the model's folder, and a location that escapes
+  that folder (``../x``, an absolute path, a symlink out of it) is refused: a model file
+  must not make the tool read arbitrary files.
+* Outputs are written to a temporary file in the target folder and renamed into place, so
+  a failure never leaves a truncated or half-written output.
+* Models larger than 2 GB (the protobuf limit) are saved with external data beside them.
+* The input's IR version is kept; an IR version the installed onnxruntime cannot load
+  (onnx 1.23 writes IR 14 by default, onnxruntime 1.31 stops at 13) is clamped on save.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from onnxopt.errors import InputError, UsageError
+
+logger = logging.getLogger(__name__)
+
+STDIO = "-"
+PROTOBUF_LIMIT = 2**31 - 1  # bytes; larger models need external data
+# Leave headroom under the hard limit for the graph itself when deciding on external data.
+EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
+
+
+def _read_stdin(stream: BinaryIO | None = None) -> bytes:
+    stream = stream if stream is not None else sys.stdin.buffer
+    try:
+        data = stream.read()
+    except (OSError, ValueError) as exc:  # closed or unreadable stdin
+        raise InputError(f"cannot read the model from stdin: {exc}") from None
+    if data is None:
+        raise InputError("cannot read the model from stdin: stdin is closed")
+    return data
+
+
+def _parse(data: bytes, origin: str) -> onnx.ModelProto:
+    if not data:
+        raise InputError(f"{origin}: empty file, not an ONNX model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{origin}: not a valid ONNX protobuf ({reason})") from None
+    # A protobuf of another kind often parses "successfully" into an empty ModelProto.
+    if not model.HasField("graph") or model.ir_version == 0:
+        raise InputError(f"{origin}: not an ONNX model (no graph or no IR version)")
+    return model
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            yield tensor
+
+
+def _check_external_data(model: onnx.ModelProto, base_dir: Path | None, origin: str) -> None:
+    """Refuse external-data locations that are missing or escape the model's folder."""
+    tensors = list(_external_tensors(model))
+    if not tensors:
+        return
+    if base_dir is None:
+        raise InputError(
+            f"{origin}: the model refers to external data, which cannot be resolved "
+            "when it is read from stdin; pass the file path instead"
+        )
+    root = base_dir.resolve()
+    for tensor in tensors:
+        info = onnx.external_data_helper.ExternalDataInfo(tensor)
+        location = info.location
+        if os.path.isabs(location) or Path(location).drive:
+            raise InputError(
+                f"{origin}: external data '{location}' of tensor '{tensor.name}' is an "
+                "absolute path; only files inside the model's folder are allowed"
+            )
+        target = (root / location).resolve()
+        if not target.is_relative_to(root):
+            raise InputError(
+                f"{origin}: external data '{location}' of tensor '{tensor.name}' escapes "
+                "the model's folder; refusing to read it"
+            )
+        if not target.is_file():
+            raise InputError(
+                f"{origin}: external data file '{location}' of tensor '{tensor.name}' "
+                "is missing"
+            )
+
+
+def load_proto(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> onnx.ModelProto:
+    """Read a model (``"-"`` = stdin) with its external data, never modifying the file."""
+    if str(source) == STDIO:
+        model = _parse(_read_stdin(stdin), "stdin")
+        _check_external_data(model, None, "stdin")
+        return model
+    path = Path(source)
+    origin = str(source)
+    if not path.exists():
+        raise InputError(f"{origin}: no such file")
+    if path.is_dir():
+        raise InputError(f"{origin}: is a directory, not a model file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{origin}: cannot read: {exc.strerror or exc}") from None
+    model = _parse(data, origin)
+    _check_external_data(model, path.parent, origin)
+    if any(True for _ in _external_tensors(model)):
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{origin}: cannot read external data: {exc}") from None
+    return model
+
+
+def check_model(model: onnx.ModelProto, origin: str) -> None:
+    """Run the full ONNX checker; one line naming the first problem on failure."""
+    try:
+        if model.ByteSize() > PROTOBUF_LIMIT:
+            return  # the checker cannot serialise it; onnxruntime will catch real problems
+        onnx.checker.check_model(model, full_check=False)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise InputError(f"{origin}: the model fails the ONNX checker: {first}") from None
+
+
+def load(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> ir.Model:
+    """Read, check and convert a model to the onnx_ir representation used by passes."""
+    proto = load_proto(source, stdin=stdin)
+    origin = "stdin" if str(source) == STDIO else str(source)
+    check_model(proto, origin)
+    try:
+        return ir.from_proto(proto)
+    except Exception as exc:  # onnx_ir rejects some malformed graphs the checker allows
+        raise InputError(f"{origin}: cannot read the graph: {exc}") from None
+
+
+@functools.cache
+def max_runtime_ir_version() -> int:
+    """The highest IR version the installed onnxruntime loads (probed once, quietly)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    for version in range(onnx.IR_VERSION, 6, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = version
+        try:
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            return version
+        except Exception:
+            continue
+    return 7
+
+
+def _min_ir_version_for(model: onnx.ModelProto) -> int:
+    opsets = [(o.domain or "ai.onnx", o.version) for o in model.opset_import]
+    try:
+        return onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    except Exception:
+        return 3
+
+
+def clamp_ir_version(model: onnx.ModelProto, original_ir_version: int | None = None) -> None:
+    """Keep the input's IR version where possible; never exceed what onnxruntime loads."""
+    wanted = original_ir_version or model.ir_version
+    # A pass may raise the opset (e.g. quantization); the IR version must follow it.
+    wanted = max(wanted, _min_ir_version_for(model))
+    model.ir_version = min(wanted, max_runtime_ir_version())
+
+
+def to_proto(model: ir.Model, original_ir_version: int | None = None) -> onnx.ModelProto:
+    proto = ir.to_proto(model)
+    clamp_ir_version(proto, original_ir_version)
+    return proto
+
+
+def check_output_target(output: str | os.PathLike, inputs: list[str], in_place: bool) -> None:
+    """Refuse unusable outputs before any work is done."""
+    if str(output) == STDIO:
+        return
+    path = Path(output)
+    for source in inputs:
+        if source != STDIO and Path(source).exists() and path.exists():
+            if path.resolve() == Path(source).resolve() and not in_place:
+                raise UsageError(
+                    f"output '{output}' is the input model; pass --in-place to overwrite it"
+                )
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{output}: output folder '{parent}' does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{output}: output folder '{parent}' is not writable")
+    if path.is_dir():
+        raise InputError(f"{output}: is a directory")
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(output: str | os.PathLike, text: str) -> None:
+    try:
+        _atomic_write_bytes(Path(output), text.encode())
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write: {exc.strerror or exc}") from None
+
+
+def save_proto(model: onnx.ModelProto, output: str | os.PathLike, *, stdout: BinaryIO | None = None) -> None:
+    """Write atomically to a path, or to stdout for ``"-"``; external data above 2 GB."""
+    large = not _fits(model) or model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    if str(output) == STDIO:
+        if large:
+            raise UsageError("the model is over 2 GB and needs external data; write it to a file")
+        stream = stdout if stdout is not None else sys.stdout.buffer
+        stream.write(model.SerializeToString(deterministic=True))
+        stream.flush()
+        return
+    path = Path(output)
+    try:
+        if large:
+            _save_with_external_data(model, path)
+        else:
+            _atomic_write_bytes(path, model.SerializeToString(deterministic=True))
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write: {exc.strerror or exc}") from None
+
+
+def _fits(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() <= PROTOBUF_LIMIT
+    except Exception:
+        return False
+
+
+def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Save graph and weights beside each other; both appear only when both are complete."""
+    data_name = f"{path.name}.data"
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        tmp_model = Path(tmp) / path.name
+        onnx.save_model(
+            model,
+            str(tmp_model),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name,
+            size_threshold=1024,
+        )
+        os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)
+
+
+def model_size_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size (graph plus weights), without serialising models over 2 GB."""
+    if _fits(model):
+        return model.ByteSize()
+    return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(model))

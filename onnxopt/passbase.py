@@ -1,0 +1,90 @@
+"""The contract every onnxopt pass follows, on top of onnx_ir's pass infrastructure.
+
+A pass is an ``onnx_ir`` pass (``InPlacePass`` for graph surgery, ``FunctionalPass`` for
+passes that round-trip through protobuf tools such as onnxsim or onnxruntime.quantization)
+mixed with :class:`OptimizerPass`, which adds:
+
+* ``name`` (short CLI name), ``aliases``, a one-line ``summary``;
+* ``Options``: a frozen dataclass whose fields carry their help text in
+  ``metadata["help"]`` (use :func:`option`); the same dataclass types the CLI spec,
+  config files and ``onnxopt passes``;
+* a capability line: ``lossless``, ``needs_data`` (calibration data), ``providers``;
+* ``self.report``: a :class:`~onnxopt.report.PassReport` the pass fills while it works.
+
+Passes get calibration data and progress callbacks through :class:`PassContext`; they
+never import ``onnxopt.validate`` or ``onnxopt.bench``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from onnxopt.report import PassReport
+
+logger = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with help text, for pass ``Options``."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For passes without options."""
+
+
+@dataclass
+class PassContext:
+    """What the caller provides to passes beyond the model.
+
+    ``calibration`` returns a fresh iterator of input batches each time it is called, so
+    a pass can stream the data several times without holding it in memory.
+    ``progress(message, done, total)`` reports long work (no-op by default).
+    """
+
+    calibration: Callable[[], Iterator[Feeds]] | None = None
+    calibration_description: str | None = None
+    progress: Callable[[str, int, int], None] = lambda message, done, total: None
+    jobs: int = 1
+    providers: tuple[str, ...] = ("cpu",)
+
+    def calibration_batches(self) -> Iterable[Feeds]:
+        if self.calibration is None:
+            return iter(())
+        return self.calibration()
+
+
+class OptimizerPass:
+    """Mixin giving an ``onnx_ir`` pass a name, typed options, a capability line and a report."""
+
+    name: ClassVar[str]
+    aliases: ClassVar[tuple[str, ...]] = ()
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    lossless: ClassVar[bool] = False
+    needs_data: ClassVar[bool] = False
+    providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+
+    def __init__(self, options: Any = None, context: PassContext | None = None):
+        self.options = options if options is not None else self.Options()
+        self.context = context if context is not None else PassContext()
+        self.report = PassReport(self.name, options=dataclasses.asdict(self.options))
+
+    @classmethod
+    def capability(cls) -> str:
+        parts = ["lossless" if cls.lossless else "lossy"]
+        parts.append("needs calibration data" if cls.needs_data else "no data needed")
+        parts.append("targets " + "/".join(cls.providers))
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"

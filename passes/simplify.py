@@ -1,0 +1,87 @@
+"""``simplify``: onnx-simplifier (onnxsim) — constant folding, shape-op elimination, fusions.
+
+Lossless. Round-trips through protobuf because onnxsim works on ``onnx.ModelProto``.
+When onnxsim cannot handle a model (unsupported op, >2 GB, internal error) the pass is
+skipped with onnxsim's reason in the report; the run continues with the model unchanged.
+onnxsim's bookkeeping ``metadata_props`` (``onnxsim.*``) are dropped — the input's own
+metadata is kept — and its counts go into the report's figures instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from dataclasses import dataclass
+
+import onnx
+import onnx_ir as ir
+
+from onnxopt.passbase import OptimizerPass, option
+from onnxopt.registry import register
+
+logger = logging.getLogger(__name__)
+
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class SimplifyOptions:
+    optimize: bool = option(True, "also run onnx-optimizer fusions (e.g. Conv+BatchNorm)")
+
+
+@register
+class SimplifyPass(OptimizerPass, ir.passes.FunctionalPass):
+    name = "simplify"
+    summary = "onnx-simplifier: fold constants, remove redundant shape ops, fuse Conv+BN"
+    Options = SimplifyOptions
+    lossless = True
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        proto = ir.to_proto(model)
+        if proto.ByteSize() > _PROTOBUF_LIMIT:
+            self.report.skip_pass("onnxsim cannot handle models over 2 GB")
+            return ir.passes.PassResult(model, False)
+        before = proto.graph.SerializeToString(deterministic=True)
+        try:
+            simplified = self._simplify(proto)
+        except Exception as exc:  # onnxsim raises many kinds; any of them means "skip"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.report.skip_pass(f"onnxsim failed: {reason}")
+            return ir.passes.PassResult(model, False)
+        if simplified is None:
+            return ir.passes.PassResult(model, False)
+        self._restore_model_fields(proto, simplified)
+        modified = simplified.graph.SerializeToString(deterministic=True) != before
+        self.report.figures.update(nodes_before=len(proto.graph.node), nodes_after=len(simplified.graph.node))
+        if not modified:
+            return ir.passes.PassResult(model, False)
+        return ir.passes.PassResult(ir.from_proto(simplified), True)
+
+    def _simplify(self, proto: onnx.ModelProto) -> onnx.ModelProto | None:
+        import onnxsim
+
+        # onnxsim may print; stdout can carry the model bytes, so keep it clean.
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):
+            simplified, ok = onnxsim.simplify(
+                proto, check_n=0, perform_optimization=self.options.optimize
+            )
+        if captured.getvalue().strip():
+            logger.info("onnxsim: %s", captured.getvalue().strip())
+        if not ok:
+            self.report.skip_pass("onnxsim could not verify the simplified model")
+            return None
+        return simplified
+
+    def _restore_model_fields(self, original: onnx.ModelProto, simplified: onnx.ModelProto) -> None:
+        stats = {p.key: p.value for p in simplified.metadata_props if p.key.startswith("onnxsim.")}
+        for key in ("removed_nodes.count", "changed_nodes.count"):
+            if f"onnxsim.{key}" in stats:
+                self.report.figures[key.replace(".count", "")] = int(stats[f"onnxsim.{key}"])
+        del simplified.metadata_props[:]
+        simplified.metadata_props.extend(original.metadata_props)
+        simplified.ir_version = max(original.ir_version, simplified.ir_version)
+        simplified.doc_string = original.doc_string
+        simplified.producer_name = original.producer_name
+        simplified.producer_version = original.producer_version
