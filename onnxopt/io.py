@@ -38,7 +38,10 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
 def _read_stdin(stream: BinaryIO | None = None) -> bytes:
-    stream = stream if stream is not None else sys.stdin.buffer
+    if stream is None:
+        if sys.stdin is None:  # fd 0 closed altogether (`<&-`)
+            raise InputError("cannot read the model from stdin: stdin is closed")
+        stream = sys.stdin.buffer
     try:
         data = stream.read()
     except (OSError, ValueError) as exc:  # closed or unreadable stdin
@@ -192,9 +195,19 @@ def clamp_ir_version(model: onnx.ModelProto, original_ir_version: int | None = N
     model.ir_version = min(wanted, max_runtime_ir_version())
 
 
+def _list_initializers_as_inputs(model: onnx.ModelProto) -> None:
+    """IR < 4 requires every initializer to be a graph input too (new ones included)."""
+    listed = {value.name for value in model.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name not in listed:
+            model.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+
+
 def to_proto(model: ir.Model, original_ir_version: int | None = None) -> onnx.ModelProto:
     proto = ir.to_proto(model)
     clamp_ir_version(proto, original_ir_version)
+    if proto.ir_version < 4:
+        _list_initializers_as_inputs(proto)
     return proto
 
 
