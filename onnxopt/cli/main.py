@@ -88,4 +88,4 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(EXIT_PASS_FAILED)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -9,8 +9,8 @@ import click
 
 from onnxopt.cli.common import (
     emit_json,
-    json_text,
     is_quiet,
+    json_text,
     parse_input_shape_options,
     reserved_stdout,
     stderr_console,
