@@ -49,12 +49,50 @@ def _with_fixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
     return fixed
 
 
-def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+def _inputs_fixed(model: onnx.ModelProto) -> bool:
+    initializers = {t.name for t in model.graph.initializer}
+    return all(
+        d.HasField("dim_value")
+        for value in model.graph.input
+        if value.name not in initializers
+        for d in value.type.tensor_type.shape.dim
+    )
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:  # shape inference is best effort: MACs become unknown
         logger.debug("shape inference failed: %s", exc)
-        inferred = model
+        return model
+
+
+def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """onnxruntime's symbolic inference propagates computed shapes (e.g. Pad amounts built
+    from Shape/Concat) that onnx's inference leaves unknown."""
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception as exc:
+        logger.debug("symbolic shape inference failed: %s", exc)
+        return None
+
+
+def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    shapes = _collect_shapes(_infer(model))
+    # With fixed inputs every counted layer's shape is knowable; fall back to the slower
+    # symbolic inference only where onnx's own left a gap.
+    if _inputs_fixed(model) and any(
+        not _known(shapes.get(node.output[0])) for node in model.graph.node if node.op_type in COUNTED_OPS
+    ):
+        symbolic = _symbolic_infer(model)
+        if symbolic is not None:
+            shapes = {**shapes, **{k: v for k, v in _collect_shapes(symbolic).items() if _known(v)}}
+    return shapes
+
+
+def _collect_shapes(inferred: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
     shapes: dict[str, tuple[int | None, ...]] = {}
     graph = inferred.graph
     for value in [*graph.input, *graph.value_info, *graph.output]:
