@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 import onnx_ir as ir
@@ -24,10 +24,12 @@ from onnxopt.pipeline import run_passes
 from onnxopt.registry import PassSpec, build_passes, load_config, parse_spec
 from onnxopt.report import RunReport
 
+if TYPE_CHECKING:
+    from onnxopt.validate.gate import GateSettings
+    from onnxopt.validate.inputs import DataSource
+    from onnxopt.validate.metrics import Tolerances
+
 logger = logging.getLogger(__name__)
-
-ModelLike = "str | os.PathLike | onnx.ModelProto | ir.Model"
-
 
 def resolve_specs(passes: str | list[PassSpec] | None = None, config: str | os.PathLike | None = None) -> list[PassSpec]:
     """The pipeline from a spec string, a list of specs, or a config file (exactly one)."""
@@ -56,8 +58,14 @@ def optimize(
     context: PassContext | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     on_pass_start: Callable[[OptimizerPass, int, int], None] | None = None,
+    validation: GateSettings | None = None,
 ) -> tuple[onnx.ModelProto, RunReport]:
     """Apply a pipeline and return the optimized model (a new ``ModelProto``) and its report.
+
+    With ``validation`` (see :func:`gate_settings`), the optimized model is compared with
+    the original on onnxruntime and ``report.validation["passed"]`` says whether it met
+    the tolerances; the caller decides what to do with a failure (the CLI writes nothing).
+    Without it the report records that validation was skipped.
 
     The input is never modified: a path is read, a ``ModelProto`` or ``ir.Model`` is copied.
     Raises :class:`~onnxopt.errors.OnnxoptError` subclasses (``UsageError`` for a bad
@@ -82,7 +90,98 @@ def optimize(
     except InputError as exc:
         raise PassFailed("checker", str(exc)) from None
     report.after = model_stats(result, input_shapes).to_dict()
+    if validation is None:
+        report.validation = {"skipped": True, "passed": None}
+    else:
+        from onnxopt.validate.gate import run_gate
+
+        gate = run_gate(original.SerializeToString(), result.SerializeToString(), validation)
+        report.validation = gate.report
+        report.benchmark = gate.benchmark
+        if gate.benchmark and gate.benchmark.get("warning"):
+            report.warnings.append(gate.benchmark["warning"])
     return result, report
+
+
+def gate_settings(
+    passes: str | list[PassSpec],
+    source: DataSource,
+    *,
+    providers: str = "cpu",
+    tolerances: Tolerances | None = None,
+    labels: str | os.PathLike | None = None,
+    batch_size: int = 1,
+    bench: bool = False,
+    min_speedup: float | None = None,
+) -> GateSettings:
+    """Validation settings for :func:`optimize` with the CLI's defaults.
+
+    ``source`` is the evaluation data (see :func:`data_source`); ``tolerances`` default by
+    what the pipeline contains (see :mod:`onnxopt.validate.gate`).
+    """
+    from onnxopt.registry import get
+    from onnxopt.validate.gate import GateSettings, default_tolerances
+    from onnxopt.validate.metrics import load_labels
+    from onnxopt.validate.providers import resolve_providers
+
+    specs = parse_spec(passes) if isinstance(passes, str) else passes
+    choice = resolve_providers(providers)
+    reason = "given"
+    if tolerances is None or tolerances.is_empty():
+        tolerances, reason = default_tolerances([get(spec.name) for spec in specs])
+        reason = f"default for {reason}"
+    return GateSettings(
+        source=source, providers=list(choice.providers), tolerances=tolerances, tolerance_reason=reason,
+        labels=load_labels(labels) if labels is not None else None, batch_size=batch_size,
+        bench=bench or min_speedup is not None, min_speedup=min_speedup, notes=list(choice.notes),
+    )
+
+
+def data_source(
+    model: onnx.ModelProto,
+    *,
+    data: str | os.PathLike | None = None,
+    preprocess: str | None = None,
+    input_shapes: dict[str, tuple[int, ...]] | None = None,
+    samples: int | None = None,
+    batch_size: int = 1,
+    seed: int = 0,
+    default_random_samples: int = 8,
+) -> DataSource:
+    """Samples from ``data`` (streamed), or seeded random inputs when it is None."""
+    from onnxopt.errors import UsageError
+    from onnxopt.validate.inputs import model_inputs, open_data, random_source, resolve_shapes
+
+    inputs = model_inputs(model)
+    shapes = resolve_shapes(inputs, dict(input_shapes or {}), batch_size)
+    if data is None:
+        if preprocess is not None:
+            raise UsageError("--preprocess needs --data (a folder of images)")
+        return random_source(inputs, shapes, samples or default_random_samples, seed)
+    source = open_data(str(data), inputs, preprocess=preprocess, shapes=shapes)
+    return source.subset(0, samples) if samples is not None else source
+
+
+def split_calibration(source: DataSource, calibration_samples: int) -> tuple[DataSource, DataSource]:
+    """Disjoint calibration and evaluation parts: the first samples calibrate.
+
+    At most half of the data goes to calibration, so evaluation always keeps samples.
+    """
+    from onnxopt.errors import InputError
+
+    if len(source) < 2:
+        raise InputError(f"{source.description}: needs at least 2 samples to calibrate and evaluate on disjoint parts")
+    count = max(1, min(calibration_samples, len(source) // 2))
+    return source.split(count)
+
+
+def calibration_context(source: DataSource, batch_size: int = 1, **context_fields: Any) -> PassContext:
+    """A :class:`PassContext` whose calibration streams ``source`` batch by batch."""
+
+    def batches():
+        return (batch.feeds for batch in source.batches(batch_size))
+
+    return PassContext(calibration=batches, calibration_description=source.description, **context_fields)
 
 
 def load(source: str | os.PathLike) -> onnx.ModelProto:

@@ -69,6 +69,7 @@ class RunReport:
     validation: dict[str, Any] | None = None
     benchmark: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     output: str | None = None
     written: bool = False
 
@@ -83,6 +84,7 @@ class RunReport:
             "validation": self.validation,
             "benchmark": self.benchmark,
             "warnings": self.all_warnings(),
+            "notes": self.notes,
             "output": self.output,
             "written": self.written,
         }
@@ -137,5 +139,46 @@ def render_run(report: RunReport, console) -> None:
             stats.add_row(key.replace("_bytes", ""), fmt(b), fmt(a), _ratio(b, a))
         console.print(stats)
 
+    _render_validation(report, console)
+    for note in report.notes:
+        console.print(f"note: {note}")
     for warning in report.all_warnings():
         console.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+def _render_validation(report: RunReport, console) -> None:
+    validation = report.validation
+    if not validation:
+        return
+    if validation.get("skipped"):
+        console.print("[yellow]validation skipped[/yellow] (--no-validate)")
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    tolerances = ", ".join(f"{k}={v:g}" for k, v in validation["tolerances"].items() if v is not None)
+    title = f"validation on {validation['source']}: {tolerances} ({validation['tolerance_reason']})"
+    table = Table(title=escape(title), title_justify="left")
+    columns = ("provider", "output", "max_abs_error", "rel_l2_error", "cosine_min", "snr_db", "top1_agreement")
+    for column in columns:
+        table.add_column(column)
+    for row in validation["results"]:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    console.print(table)
+    for failure in validation.get("failures", []):
+        console.print(f"[red]FAIL[/red] {failure}")
+    if validation.get("passed"):
+        console.print("[green]validation passed[/green]")
+    benchmark = report.benchmark
+    if benchmark and benchmark.get("speedup") is not None:
+        style = "red bold" if benchmark["speedup"] < 1 else "green"
+        console.print(f"[{style}]latency on {benchmark['provider']}: {benchmark['speedup']:.2f}× "
+                      f"(median original / optimized, interleaved)[/{style}]")
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

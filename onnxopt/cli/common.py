@@ -18,8 +18,6 @@ from typing import Any
 
 import click
 
-from onnxopt.errors import UsageError
-
 
 def _configure_logging(verbose: int, quiet: bool, debug: bool) -> None:
     level = logging.WARNING
@@ -120,18 +118,3 @@ def reserved_stdout() -> Iterator[Any]:
         sys.stdout = saved_sys_stdout
         os.dup2(saved_fd, 1)
         os.close(saved_fd)
-
-
-def parse_input_shape_options(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """``name:1x3x224x224`` (repeatable) — the name may itself contain ':'."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for value in values:
-        name, sep, dims = value.rpartition(":")
-        try:
-            parsed = tuple(int(d) for d in dims.lower().split("x"))
-        except ValueError:
-            parsed = ()
-        if not sep or not name or not parsed or any(d <= 0 for d in parsed):
-            raise UsageError(f"bad --input-shape '{value}'; expected NAME:DIMS like input:1x3x224x224")
-        shapes[name] = parsed
-    return shapes

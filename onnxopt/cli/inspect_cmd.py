@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxopt.cli.common import emit_json, parse_input_shape_options, stdout_console, verbosity_options
+from onnxopt.cli.common import emit_json, stdout_console, verbosity_options
 
 
 def _dims(value) -> list:
@@ -55,8 +55,9 @@ def describe(model, input_shapes) -> dict:
 def command(model, input_shape, as_json):
     from onnxopt import io
     from onnxopt.report import human_bytes, human_count
+    from onnxopt.validate.inputs import parse_input_shapes
 
-    info = describe(io.load_proto(model), parse_input_shape_options(input_shape))
+    info = describe(io.load_proto(model), parse_input_shapes(input_shape))
     if as_json:
         emit_json(info)
         return

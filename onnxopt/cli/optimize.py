@@ -11,24 +11,33 @@ from onnxopt.cli.common import (
     emit_json,
     is_quiet,
     json_text,
-    parse_input_shape_options,
     reserved_stdout,
     stderr_console,
     verbosity_options,
 )
-from onnxopt.errors import UsageError
+from onnxopt.cli.validation_options import build_tolerances, data_options, provider_option, tolerance_options
+from onnxopt.errors import GateFailed, UsageError
 
 EXAMPLES = """
 \b
 Examples:
   onnxopt optimize model.onnx --passes simplify -o model.opt.onnx
   onnxopt optimize model.onnx --passes 'simplify,tucker:energy=0.95:min_macs=1e6' -o out.onnx
+  onnxopt optimize model.onnx --passes int8 --data images/ --preprocess imagenet -o int8.onnx --bench
   onnxopt optimize model.onnx --config pipeline.yaml -o out.onnx --report report.json
   cat model.onnx | onnxopt optimize - --passes simplify -o - > out.onnx
+
+\b
+Validation gate (on by default): the optimized model is run beside the original on the
+same inputs (--data, or seeded random inputs) and must meet the tolerances; default
+tolerances: relative error <= 1e-4 for lossless pipelines, cosine >= 0.999 for fp16 alone,
+cosine >= 0.99 for other lossy passes. A failure exits 1 and writes nothing (unless
+--force). Passes that need calibration data (int8, refit) take the first
+--calibration-samples of --data; the rest evaluates (disjoint, reported).
 """
 
 
-@click.command(help="Apply passes to MODEL ('-' = stdin) and write the result to OUTPUT.\n" + EXAMPLES)
+@click.command(help="Apply passes to MODEL ('-' = stdin), validate, and write the result to OUTPUT.\n" + EXAMPLES)
 @click.argument("model")
 @click.option("-o", "--output", required=True, help="Output path, or '-' for stdout.")
 @click.option("-p", "--passes", "passes", help="Pass spec, e.g. 'simplify,tucker:energy=0.95,fp16'.")
@@ -36,12 +45,23 @@ Examples:
 @click.option("--in-place", is_flag=True, help="Allow OUTPUT to be the input file.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the report as JSON to this file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON to stdout (not with -o -).")
-@click.option("--input-shape", multiple=True, help="Fix a dynamic input shape, NAME:1x3x224x224 (repeatable).")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True, help="Parallel workers for passes that support it.")
+@click.option("--no-validate", is_flag=True, help="Skip the validation gate (the report says so).")
+@click.option("--force", is_flag=True, help="Write the model even when the validation gate fails (exit code still 1).")
+@click.option("--bench", is_flag=True, help="Measure latency before/after (interleaved) and report the speedup.")
+@click.option("--min-speedup", type=click.FloatRange(min=0), metavar="X", help="Fail the gate when the speedup is below X (implies --bench).")
+@click.option("--calibration-samples", type=click.IntRange(1), default=100, show_default=True,
+              help="Samples of --data used to calibrate passes that need data (at most half of it).")
+@data_options
+@provider_option
+@tolerance_options
 @verbosity_options
-def command(model, output, passes, config, in_place, report_path, as_json, input_shape, jobs):
+def command(model, output, passes, config, in_place, report_path, as_json, jobs, no_validate, force,
+            bench, min_speedup, calibration_samples, **data_opts):
     from onnxopt import api, io
     from onnxopt.passbase import PassContext
+    from onnxopt.registry import get
+    from onnxopt.validate.inputs import parse_input_shapes
 
     if as_json and output == io.STDIO:
         raise UsageError("--json prints to stdout, which carries the model with -o -; use --report FILE")
@@ -49,8 +69,11 @@ def command(model, output, passes, config, in_place, report_path, as_json, input
         raise UsageError("give --passes or --config ('onnxopt passes' lists the passes)")
     if passes is not None and config is not None:
         raise UsageError("give either --passes or --config, not both")
+    if no_validate and (bench or min_speedup is not None):
+        raise UsageError("--bench/--min-speedup are part of validation; drop --no-validate")
     specs = api.resolve_specs(passes, config)
-    shapes = parse_input_shape_options(input_shape)
+    pass_classes = [get(spec.name) for spec in specs]
+    shapes = parse_input_shapes(data_opts["input_shape"])
     io.check_output_target(output, [model], in_place)
     if report_path is not None:
         io.check_output_target(report_path, [model], False)
@@ -59,14 +82,36 @@ def command(model, output, passes, config, in_place, report_path, as_json, input
     guard = reserved_stdout() if to_stdout else contextlib.nullcontext(None)
     with guard as model_stream:
         source = io.load_proto(model)
-        context = PassContext(jobs=jobs)
+        data = api.data_source(
+            source, data=data_opts["data"], preprocess=data_opts["preprocess"], input_shapes=shapes,
+            samples=data_opts["samples"], batch_size=data_opts["batch_size"], seed=data_opts["seed"],
+        )
+        context = PassContext(jobs=jobs, providers=tuple(data_opts["providers"].split(",")))
+        calibration_note = None
+        if any(cls.needs_data for cls in pass_classes) and data_opts["data"] is not None:
+            calibration, data = api.split_calibration(data, calibration_samples)
+            context = api.calibration_context(calibration, data_opts["batch_size"], jobs=jobs,
+                                              providers=context.providers)
+            calibration_note = f"calibration: {calibration.description}; evaluation: {data.description}"
+        validation = None
+        if not no_validate:
+            validation = api.gate_settings(
+                specs, data, providers=data_opts["providers"], tolerances=build_tolerances(**data_opts),
+                labels=data_opts["labels"], batch_size=data_opts["batch_size"], bench=bench,
+                min_speedup=min_speedup,
+            )
         with _progress(len(specs)) as on_pass_start:
             optimized, report = api.optimize(
-                source, specs, context=context, input_shapes=shapes, on_pass_start=on_pass_start
+                source, specs, context=context, input_shapes=shapes, on_pass_start=on_pass_start,
+                validation=validation,
             )
+        if calibration_note:
+            report.notes.append(calibration_note)
         report.output = output
-        io.save_proto(optimized, output, stdout=model_stream)
-        report.written = True
+        failed = bool(report.validation and report.validation.get("passed") is False)
+        if not failed or force:
+            io.save_proto(optimized, output, stdout=model_stream)
+            report.written = True
 
     if report_path is not None:
         io.write_text_atomic(report_path, json_text(report.to_dict()))
@@ -76,8 +121,14 @@ def command(model, output, passes, config, in_place, report_path, as_json, input
         from onnxopt.report import render_run
 
         render_run(report, stderr_console())
-        if not to_stdout:
+        if report.written and not to_stdout:
             stderr_console().print(f"wrote {output}")
+    if failed:
+        first = report.validation["failures"][0]
+        more = len(report.validation["failures"]) - 1
+        suffix = f" (and {more} more)" if more else ""
+        written = "written anyway (--force)" if report.written else "nothing written"
+        raise GateFailed(f"validation failed: {first}{suffix}; {written}")
 
 
 @contextlib.contextmanager
