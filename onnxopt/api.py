@@ -95,12 +95,23 @@ def optimize(
     else:
         from onnxopt.validate.gate import run_gate
 
-        gate = run_gate(original.SerializeToString(), result.SerializeToString(), validation)
+        gate = run_gate(_runnable_bytes(original), result.SerializeToString(), validation)
         report.validation = gate.report
         report.benchmark = gate.benchmark
         if gate.benchmark and gate.benchmark.get("warning"):
             report.warnings.append(gate.benchmark["warning"])
     return result, report
+
+
+def _runnable_bytes(model: onnx.ModelProto) -> bytes:
+    """The model as onnxruntime can load it: an IR version newer than it supports is
+    clamped on a copy (the caller's model is untouched)."""
+    if model.ir_version <= io.max_runtime_ir_version():
+        return model.SerializeToString()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    io.clamp_ir_version(copy)
+    return copy.SerializeToString()
 
 
 def gate_settings(
