@@ -1,0 +1,9 @@
+"""Latency, memory and per-node profiling of ONNX models on onnxruntime.
+
+``latency`` measures whole-model latency (one model, or an A/B comparison interleaved in
+one process); ``profile`` attributes time to the graph's nodes with onnxruntime's
+profiler. Both depend on onnxruntime only (through ``onnxopt.validate.providers``), never on
+the passes.
+"""
+
+from __future__ import annotations

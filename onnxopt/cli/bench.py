@@ -1,0 +1,240 @@
+"""``onnxopt bench``: latency, throughput and memory of a model, or of two models A/B.
+
+A thin layer over :func:`onnxopt.bench.latency.bench_models`: read the models, build one
+input batch with the shared data options, run the interleaved benchmark on each provider,
+and print a table (or JSON). The input options are the ones ``onnxopt compare`` uses
+(:mod:`onnxopt.cli.validation_options`), picked by name: ``--labels`` and ``--samples``
+mean nothing for a latency measurement, so they are left out.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from onnxopt.cli.common import emit_json, is_quiet, stderr_console, stdout_console, verbosity_options
+from onnxopt.cli.validation_options import build_source, data_options, provider_option
+from onnxopt.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx
+
+INPUT_OPTIONS = ("data", "preprocess", "input_shape", "batch_size", "seed")
+
+HELP = """Measure the latency of MODEL, or compare MODEL2 against MODEL on the same inputs.
+
+Sessions are created once and warmed up; with two models the timed runs are interleaved
+(A B, B A, A B, …) in one process, so that machine noise hits both alike. Prints, per
+model: mean, p50, p90, p99, min and std latency, throughput (samples/s = batch / p50) and
+size; with two models the speedup median(A) / median(B) (above 1: MODEL2 is faster) with
+the 10th–90th percentile of the per-round ratios and a bootstrap 95 % interval; and the
+process's peak resident memory.
+
+\b
+Examples:
+  onnxopt bench model.onnx --runs 200
+  onnxopt bench model.onnx model.opt.onnx --batch-size 8 --threads 1 --json
+"""
+
+
+def input_options(func):
+    """``--data --preprocess --input-shape --batch-size --seed``, as ``data_options`` defines them.
+
+    Reuses the option objects of :func:`~onnxopt.cli.validation_options.data_options`
+    (same spelling, defaults and help as ``onnxopt compare``) without the ones a
+    measurement has no use for.
+    """
+    holder = data_options(lambda **_: None)
+    picked = [param for param in holder.__click_params__ if param.name in INPUT_OPTIONS]
+    if not hasattr(func, "__click_params__"):
+        func.__click_params__ = []
+    func.__click_params__.extend(picked)
+    return func
+
+
+def batch_size_of(opts: dict[str, Any]) -> int:
+    """Samples per run: ``--batch-size``, or else the first dimension given by ``--input-shape``.
+
+    For a latency measurement ``--input-shape input:8x3x224x224`` means a batch of 8; the
+    data options take the batch from ``--batch-size`` only, so without an explicit
+    ``--batch-size`` the shapes' common first dimension is used. The two must agree when
+    both are given.
+    """
+    from onnxopt.validate.inputs import parse_input_shapes
+
+    batch_size = opts.get("batch_size") or 1
+    firsts = {dims[0] for dims in parse_input_shapes(opts.get("input_shape") or ()).values() if dims}
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is None or ctx.get_parameter_source("batch_size") != click.core.ParameterSource.DEFAULT
+    if len(firsts) == 1:
+        (first,) = firsts
+        if not explicit:
+            return first
+        if first != batch_size:
+            raise UsageError(
+                f"--batch-size {batch_size} and the first dimension of --input-shape ({first}) disagree"
+            )
+    return batch_size
+
+
+def build_feeds(model: onnx.ModelProto, opts: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One full batch of inputs for ``model`` from the input options (random by default)."""
+    batch_size = batch_size_of(opts)
+    # A random source needs at least one batch of samples.
+    samples = batch_size if opts.get("data") is None else None
+    source = build_source(model, **{**opts, "batch_size": batch_size, "samples": samples})
+    wanted = source.effective_batch_size(batch_size)
+    batch = next(iter(source.batches(batch_size)), None)
+    if batch is None or len(batch) < wanted:
+        raise UsageError(f"--data has fewer samples ({len(source)}) than one batch ({wanted})")
+    return batch.feeds
+
+
+def note(message: str) -> None:
+    """A one-line note on stderr (not with --quiet)."""
+    if not is_quiet():
+        stderr_console().print(f"note: {message}", markup=False, highlight=False)
+
+
+def table_console():
+    """The stdout console for result tables; wide when stdout is not a terminal.
+
+    rich sizes tables to 80 columns when writing to a pipe or a file, which cuts long
+    model paths and node names; a file should hold whole rows instead.
+    """
+    console = stdout_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    return console
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def _print_result(result) -> None:
+    from rich import box
+    from rich.table import Table
+
+    from onnxopt.report import human_bytes
+
+    console = table_console()
+    threads = result.threads if result.threads is not None else "default"
+    order = "interleaved " if result.interleaved else ""
+    console.print(
+        f"{result.provider}: {result.rounds} {order}rounds after {result.warmup} warm-up runs, "
+        f"batch {result.batch_size}, threads {threads}",
+        markup=False,
+        highlight=False,
+    )
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for column in ("model", "size", "mean ms", "p50 ms", "p90 ms", "p99 ms", "min ms", "std ms", "samples/s"):
+        if column == "model":
+            table.add_column(column, overflow="fold")
+        else:
+            table.add_column(column, justify="right", no_wrap=True)
+    for bench in result.models:
+        s = bench.stats
+        table.add_row(
+            bench.label,
+            human_bytes(bench.size_bytes),
+            _ms(s.mean_ms),
+            _ms(s.p50_ms),
+            _ms(s.p90_ms),
+            _ms(s.p99_ms),
+            _ms(s.min_ms),
+            _ms(s.std_ms),
+            f"{s.throughput:.1f}",
+        )
+    console.print(table)
+    for comparison in result.comparisons:
+        lo, hi = comparison.ci95
+        other = result.models[comparison.other].label
+        base = result.models[comparison.baseline].label
+        if lo <= 1.0 <= hi:
+            verdict = "no significant difference"
+        else:
+            verdict = "faster" if comparison.speedup > 1 else "slower"
+        console.print(
+            f"speedup of {other} over {base}: {comparison.speedup:.3f}× ({verdict}); "
+            f"per-round ratio p10–p90 {comparison.ratio_p10:.3f}–{comparison.ratio_p90:.3f}, "
+            f"95 % CI {lo:.3f}–{hi:.3f}",
+            markup=False,
+            highlight=False,
+        )
+    console.print(f"peak RSS of the process: {human_bytes(result.peak_rss_bytes)}", highlight=False)
+
+
+@click.command(help=HELP)
+@click.argument("model", metavar="MODEL")
+@click.argument("model2", metavar="[MODEL2]", required=False)
+@provider_option
+@input_options
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads.")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs per model."
+)
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed rounds.")
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Keep timing until this many seconds have passed (at least --runs rounds).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@verbosity_options
+def command(
+    model: str,
+    model2: str | None,
+    providers: str,
+    threads: int | None,
+    warmup: int,
+    runs: int,
+    min_time: float | None,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    from onnxopt import io
+    from onnxopt.bench.latency import bench_models
+    from onnxopt.validate.providers import resolve_providers
+
+    if model2 is not None and model == "-" and model2 == "-":
+        raise UsageError("only one of the two models can be read from stdin ('-')")
+    choice = resolve_providers(providers)
+    for line in choice.notes:
+        note(line)
+    names = [model] if model2 is None else [model, model2]
+    protos = [io.load_proto(name) for name in names]
+    feeds = build_feeds(protos[0], opts)
+    blobs = [proto.SerializeToString() for proto in protos]
+    labels = ["stdin" if name == "-" else name for name in names]
+    if len(labels) == 2 and labels[0] == labels[1]:
+        labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
+
+    results = [
+        bench_models(
+            blobs,
+            feeds,
+            provider=provider,
+            threads=threads,
+            warmup=warmup,
+            runs=runs,
+            min_time=min_time,
+            labels=labels,
+        )
+        for provider in choice.providers
+    ]
+    if as_json:
+        emit_json(
+            {
+                "providers": choice.providers,
+                "notes": choice.notes,
+                "results": [result.to_dict() for result in results],
+            }
+        )
+        return
+    for result in results:
+        _print_result(result)

@@ -1,0 +1,598 @@
+"""Model inputs, their shapes, and streaming data sources for validation runs.
+
+Validation feeds the same data to two models (or one model on two providers), so this
+module answers three questions: what the model wants (:func:`model_inputs`), at which
+concrete shape (:func:`parse_input_shapes`, :func:`resolve_shapes`), and where the
+samples come from (:func:`random_source`, :func:`open_data`).
+
+Shapes
+    A dynamic first dimension is the batch axis and becomes ``batch_size``. Any other
+    dynamic dimension gets a default, and one warning names every dimension defaulted:
+
+    * a 4-D input is taken as an image: its two spatial dimensions default to **224**
+      (NHWC when the last dimension is a fixed 1 or 3 and dimension 1 is not, NCHW
+      otherwise), a dynamic channel dimension to 1;
+    * every other dynamic dimension defaults to **1**.
+
+    ``--input-shape NAME:DIMS`` overrides win over both; they must keep the model's rank
+    and its fixed dimensions. Sources use ``shape[1:]`` as the sample shape: the batch
+    axis always comes from ``batches(batch_size)``, so an override's first dim only
+    matters where the model fixes it.
+
+Samples and batches
+    A *sample* is one slice along the first axis of every input. Sources never hold the
+    data set in memory: :meth:`DataSource.batches` reads one batch at a time (``.npy`` and
+    uncompressed ``.npz`` members are memory-mapped; image folders decode one batch of
+    files at a time). Batch ids are file names for images and sample indices (as
+    strings, counted in the original source, so subsets keep them) otherwise.
+
+    The last batch may be smaller. Batch size is clamped to the model: when an input's
+    first dimension is fixed at *k* (e.g. YOLO's ``images`` [1,3,416,416]) every batch has
+    exactly *k* samples — never more, and never fewer, since the model accepts nothing
+    else; a remainder smaller than *k* is dropped with a warning. A rank-0 (scalar) input forces batches of one sample,
+    fed without the sample axis.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from onnxopt.errors import InputError, UsageError
+
+if TYPE_CHECKING:
+    import onnx
+
+logger = logging.getLogger(__name__)
+
+Dim = int | str | None
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_SPATIAL = 224
+DEFAULT_DIM = 1
+#: Random integer inputs are drawn from [0, RANDOM_INT_HIGH): small and non-negative, so
+#: they are valid indices, counts and token ids for almost any model.
+RANDOM_INT_HIGH = 10
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One graph input: name, numpy dtype and declared shape.
+
+    ``shape`` items are ints (fixed), strings (named dynamic dims), or None (unnamed
+    dynamic dims). ``shape`` itself is None when the model declares no shape at all.
+    """
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...] | None
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+    def shape_str(self) -> str:
+        """``[N, 3, 224, 224]`` with named dims shown by name and unnamed ones as ``?``."""
+        if self.shape is None:
+            return "[unknown rank]"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
+
+def _elem_to_dtype(elem_type: int, name: str) -> np.dtype:
+    import onnx.helper
+
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(
+            f"input '{name}' has ONNX element type {elem_type}, which has no numpy type"
+        ) from error
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
+    """The graph inputs that are not initializers, in graph order."""
+    initializers = {init.name for init in model.graph.initializer}
+    result = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        if value.type.WhichOneof("value") != "tensor_type":
+            kind = value.type.WhichOneof("value") or "untyped"
+            raise InputError(f"input '{value.name}' is {kind}, not a tensor; onnxopt feeds tensors only")
+        tensor = value.type.tensor_type
+        shape: tuple[Dim, ...] | None = None
+        if tensor.HasField("shape"):
+            dims: list[Dim] = []
+            for dim in tensor.shape.dim:
+                if dim.HasField("dim_value"):
+                    dims.append(int(dim.dim_value))
+                elif dim.HasField("dim_param") and dim.dim_param:
+                    dims.append(dim.dim_param)
+                else:
+                    dims.append(None)
+            shape = tuple(dims)
+        result.append(InputInfo(value.name, _elem_to_dtype(tensor.elem_type, value.name), shape))
+    return result
+
+
+def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME:DIMS`` specs such as ``input:1x3x224x224`` or ``input:0:1x3x224x224``.
+
+    Names may contain ':' (TensorFlow exports): the split is on the last one. DIMS are
+    positive integers joined by 'x'.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, sep, dims_text = spec.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"bad --input-shape '{spec}': expected NAME:DIMS such as input:1x3x224x224")
+        try:
+            dims = tuple(int(part) for part in dims_text.lower().split("x"))
+        except ValueError:
+            raise UsageError(
+                f"bad --input-shape '{spec}': dimensions must be positive integers joined by 'x'"
+            ) from None
+        if any(d < 1 for d in dims):
+            raise UsageError(f"bad --input-shape '{spec}': dimensions must be positive integers")
+        if name in shapes:
+            raise UsageError(f"bad --input-shape '{spec}': input '{name}' is given twice")
+        shapes[name] = dims
+    return shapes
+
+
+def detect_channels_last(shape: Sequence[Dim]) -> bool:
+    """True for a 4-D shape laid out NHWC: last dim a fixed 1 or 3 and dim 1 not."""
+    return len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3)
+
+
+def resolve_shapes(
+    inputs: Sequence[InputInfo],
+    overrides: Mapping[str, tuple[int, ...]] | None = None,
+    batch_size: int = 1,
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shape (batch axis included) for every input; see the module docstring."""
+    overrides = dict(overrides or {})
+    known = {info.name for info in inputs}
+    for name in overrides:
+        if name not in known:
+            valid = ", ".join(f"'{n}'" for n in known)
+            raise UsageError(f"--input-shape names '{name}', which is not an input of the model (inputs: {valid})")
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    defaulted: list[str] = []
+    for info in inputs:
+        if info.name in overrides:
+            shapes[info.name] = _check_override(info, overrides[info.name])
+            continue
+        if info.shape is None:
+            raise UsageError(f"input '{info.name}' has no shape in the model; give --input-shape {info.name}:DIMS")
+        dims: list[int] = []
+        notes: list[str] = []
+        spatial = (1, 2) if detect_channels_last(info.shape) else (2, 3)
+        for axis, dim in enumerate(info.shape):
+            if isinstance(dim, int) and dim > 0:
+                dims.append(dim)
+                continue
+            if axis == 0:
+                dims.append(batch_size)
+                continue
+            value = DEFAULT_SPATIAL if len(info.shape) == 4 and axis in spatial else DEFAULT_DIM
+            dims.append(value)
+            label = f" ({dim})" if isinstance(dim, str) else ""
+            notes.append(f"{axis}{label}={value}")
+        if notes:
+            defaulted.append(f"input '{info.name}' {info.shape_str()} dims " + ", ".join(notes))
+        shapes[info.name] = tuple(dims)
+    if defaulted:
+        logger.warning(
+            "dynamic dimensions defaulted: %s (set them with --input-shape NAME:DIMS)", "; ".join(defaulted)
+        )
+    return shapes
+
+
+def _check_override(info: InputInfo, dims: tuple[int, ...]) -> tuple[int, ...]:
+    spec = f"{info.name}:{'x'.join(map(str, dims))}"
+    if info.shape is None:
+        return dims
+    if len(dims) != len(info.shape):
+        raise UsageError(
+            f"--input-shape {spec} has rank {len(dims)} but input '{info.name}' {info.shape_str()} has rank {len(info.shape)}"
+        )
+    for axis, (want, have) in enumerate(zip(dims, info.shape, strict=True)):
+        if isinstance(have, int) and have > 0 and have != want:
+            raise UsageError(
+                f"--input-shape {spec}: dim {axis} of input '{info.name}' {info.shape_str()} is fixed at {have}"
+            )
+    return dims
+
+
+# --------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: ``feeds`` for ``InferenceSession.run`` and one id per sample."""
+
+    feeds: dict[str, np.ndarray]
+    ids: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _fixed_batch(inputs: Sequence[InputInfo]) -> tuple[int | None, str | None]:
+    """(batch size the model imposes, the input that imposes it): a fixed first dim, or 1
+    for a scalar input; (None, None) when the batch is free."""
+    fixed: dict[str, int] = {}
+    for info in inputs:
+        if info.shape is None:
+            continue
+        if len(info.shape) == 0:
+            fixed[info.name] = 1
+        elif isinstance(info.shape[0], int) and info.shape[0] > 0:
+            fixed[info.name] = info.shape[0]
+    values = set(fixed.values())
+    if len(values) > 1:
+        detail = ", ".join(f"'{n}'={v}" for n, v in fixed.items())
+        raise InputError(f"the model's inputs have different fixed first dimensions ({detail}); cannot batch samples")
+    if not fixed:
+        return None, None
+    name, value = next(iter(fixed.items()))
+    return value, name
+
+
+class DataSource:
+    """A sized, sliceable stream of samples; subclasses implement :meth:`_read`.
+
+    ``len(source)`` is the number of samples; :meth:`batches` streams them; :meth:`subset`
+    and :meth:`split` give disjoint views (e.g. calibration and evaluation) that read
+    nothing until iterated.
+    """
+
+    def __init__(self, inputs: Sequence[InputInfo], size: int, what: str):
+        self.inputs: tuple[InputInfo, ...] = tuple(inputs)
+        self.what = what
+        self.fixed_batch, self._fixed_by = _fixed_batch(self.inputs)
+        self._total = size
+        self._start = 0
+        self._stop = size
+
+    @property
+    def description(self) -> str:
+        """E.g. "500 images from imagenet (...)", or "100 images from … (samples 0–99 of 500)"."""
+        text = f"{len(self)} {self.what}"
+        if len(self) != self._total:
+            text += f" (samples {self._start}–{self._stop - 1} of {self._total})"
+        return text
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self)} samples [{self._start}:{self._stop}] {self.description}>"
+
+    def _read(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], list[str]]:
+        """Samples ``start:stop`` (absolute indices), each array with a leading sample axis."""
+        raise NotImplementedError
+
+    def subset(self, start: int, stop: int | None = None) -> DataSource:
+        """Samples ``start:stop`` of this source (clipped like a slice, non-negative bounds)."""
+        if start < 0 or (stop is not None and stop < 0):
+            raise UsageError(f"subset bounds must be non-negative, got {start}:{stop}")
+        size = len(self)
+        stop = size if stop is None else min(stop, size)
+        start = min(start, stop)
+        view = copy.copy(self)
+        view._start = self._start + start
+        view._stop = self._start + stop
+        return view
+
+    def split(self, n_first: int) -> tuple[DataSource, DataSource]:
+        """``(first n_first samples, the rest)``: disjoint, e.g. calibration and evaluation."""
+        return self.subset(0, n_first), self.subset(n_first)
+
+    def effective_batch_size(self, batch_size: int) -> int:
+        """The batch size actually used: ``batch_size``, or what the model imposes."""
+        if batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        return self.fixed_batch or batch_size
+
+    def batches(self, batch_size: int = 1) -> Iterator[Batch]:
+        """Stream the samples in batches of ``effective_batch_size(batch_size)``."""
+        size = self.effective_batch_size(batch_size)
+        if size != batch_size:
+            log = logger.warning if batch_size > size else logger.info
+            log("input '%s' fixes the batch: using batch size %d instead of %d", self._fixed_by, size, batch_size)
+        usable = len(self) - len(self) % size if self.fixed_batch else len(self)
+        if usable < len(self):
+            logger.warning(
+                "the model takes batches of exactly %d samples: the last %d of %d samples are not used",
+                size, len(self) - usable, len(self),
+            )
+        scalars = {i.name for i in self.inputs if i.shape is not None and len(i.shape) == 0}
+        end = self._start + usable
+        for start in range(self._start, end, size):
+            feeds, ids = self._read(start, min(start + size, end))
+            for name in scalars:
+                feeds[name] = feeds[name].reshape(())
+            yield Batch(feeds, ids)
+
+
+def _sample_shapes(inputs: Sequence[InputInfo], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    result = {}
+    for info in inputs:
+        if info.name not in shapes:
+            raise UsageError(f"no shape for input '{info.name}'")
+        shape = tuple(shapes[info.name])
+        result[info.name] = shape[1:] if shape else ()
+    return result
+
+
+class RandomSource(DataSource):
+    """Seeded random samples: sample *i* depends only on (seed, i), whatever the batching."""
+
+    def __init__(self, inputs: Sequence[InputInfo], shapes: Mapping[str, tuple[int, ...]], num_samples: int, seed: int):
+        for info in inputs:
+            if info.dtype.kind not in "fiub":
+                raise InputError(f"input '{info.name}' has dtype {info.dtype}: random data covers numbers and bools only")
+        super().__init__(inputs, num_samples, f"random samples (seed {seed})")
+        self.seed = seed
+        self.sample_shapes = _sample_shapes(inputs, shapes)
+
+    def _read(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], list[str]]:
+        columns: dict[str, list[np.ndarray]] = {info.name: [] for info in self.inputs}
+        for index in range(start, stop):
+            rng = np.random.default_rng([self.seed, index])
+            for info in self.inputs:
+                shape = self.sample_shapes[info.name]
+                if info.dtype.kind == "f":
+                    value = rng.standard_normal(shape, dtype=np.float32).astype(info.dtype)
+                elif info.dtype.kind in "iu":
+                    value = rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(info.dtype)
+                else:
+                    value = rng.random(shape) < 0.5
+                columns[info.name].append(value)
+        feeds = {name: np.stack(values) for name, values in columns.items()}
+        return feeds, [str(i) for i in range(start, stop)]
+
+
+def random_source(
+    inputs: Sequence[InputInfo],
+    shapes: Mapping[str, tuple[int, ...]],
+    num_samples: int = 8,
+    seed: int = 0,
+) -> DataSource:
+    """Random samples at ``shapes[name][1:]``: floats standard-normal, ints in [0, 10),
+    bools fair coins. Deterministic across runs, batchings and subsets."""
+    if num_samples < 1:
+        raise UsageError(f"number of samples must be at least 1, got {num_samples}")
+    return RandomSource(inputs, shapes, num_samples, seed)
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+class _Member:
+    """One array of an .npy/.npz file: header read eagerly, data mapped or loaded lazily."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype, loader):
+        self.path, self.key, self.shape, self.dtype = path, key, shape, dtype
+        self._loader = loader
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = self._loader()
+        return self._array
+
+
+def _read_npy_header(fp) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fp)
+    return np.lib.format.read_array_header_2_0(fp)
+
+
+def _npz_members(path: Path) -> dict[str, _Member]:
+    members: dict[str, _Member] = {}
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                key = info.filename[: -len(".npy")]
+                if info.compress_type == zipfile.ZIP_STORED:
+                    # Local file header: 30 bytes, then the name and the extra field.
+                    raw.seek(info.header_offset)
+                    local = raw.read(30)
+                    data_start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+                    raw.seek(data_start)
+                    shape, fortran, dtype = _read_npy_header(raw)
+                    offset = raw.tell()
+                    loader = _memmap_loader(path, dtype, shape, fortran, offset)
+                else:
+                    with archive.open(info) as fp:
+                        shape, fortran, dtype = _read_npy_header(fp)
+                    loader = _npz_loader(path, key)
+                members[key] = _Member(path, key, tuple(shape), np.dtype(dtype), loader)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise InputError(f"cannot read '{path}': {error}") from error
+    return members
+
+
+def _memmap_loader(path: Path, dtype: np.dtype, shape, fortran: bool, offset: int):
+    def load() -> np.ndarray:
+        if dtype.hasobject:
+            raise InputError(f"'{path.name}' holds Python objects; save plain numeric arrays")
+        if int(np.prod(shape)) == 0:
+            return np.empty(shape, dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="F" if fortran else "C")
+
+    return load
+
+
+def _npz_loader(path: Path, key: str):
+    def load() -> np.ndarray:
+        logger.info("'%s' member '%s' is compressed: loading it whole (save with np.savez to stream it)", path.name, key)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                return archive[key]
+        except (OSError, ValueError) as error:
+            raise InputError(f"cannot read '{key}' from '{path}': {error}") from error
+
+    return load
+
+
+def _npy_member(path: Path, key: str) -> _Member:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read '{path}': {error}") from error
+    return _Member(path, key, tuple(array.shape), array.dtype, lambda: array)
+
+
+def _expected_str(info: InputInfo) -> str:
+    if info.shape is None:
+        return "[S, ...]"
+    if not info.shape:
+        return "[S] (one scalar per sample)"
+    rest = ["?" if d is None else str(d) for d in info.shape[1:]]
+    return "[" + ", ".join(["S", *rest]) + "]"
+
+
+class ArraySource(DataSource):
+    """Samples from arrays in an .npz/.npy file, first axis = samples."""
+
+    def __init__(self, inputs: Sequence[InputInfo], members: Mapping[str, _Member], path: Path):
+        where = path.name
+        for info in inputs:
+            member = members[info.name]
+            if member.dtype != info.dtype:
+                raise InputError(
+                    f"input '{info.name}': {where} has dtype {member.dtype} but the model expects {info.dtype}"
+                )
+            if info.shape is not None:
+                want_rank = max(len(info.shape), 1)
+                ok = len(member.shape) == want_rank and all(
+                    not (isinstance(d, int) and d > 0) or d == got
+                    for d, got in zip(info.shape[1:], member.shape[1:], strict=False)
+                )
+                if not ok:
+                    raise InputError(
+                        f"input '{info.name}': {where} has shape {member.shape} but the model expects "
+                        f"{_expected_str(info)} (S = samples, model input {info.shape_str()})"
+                    )
+            elif not member.shape:
+                raise InputError(f"input '{info.name}': {where} holds a scalar; the first axis must be samples")
+        counts = {name: m.shape[0] for name, m in members.items()}
+        if len(set(counts.values())) > 1:
+            detail = ", ".join(f"'{n}'={c}" for n, c in counts.items())
+            raise InputError(f"{where}: arrays have different sample counts ({detail})")
+        size = next(iter(counts.values()))
+        if size == 0:
+            raise InputError(f"{where} has no samples")
+        super().__init__(inputs, size, f"samples from {path}")
+        self.members = dict(members)
+
+    def _read(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], list[str]]:
+        feeds = {name: np.ascontiguousarray(m.array[start:stop]) for name, m in self.members.items()}
+        return feeds, [str(i) for i in range(start, stop)]
+
+
+# --------------------------------------------------------------------------- images
+
+
+class ImageSource(DataSource):
+    """Images of a folder, sorted by name, decoded and preprocessed one batch at a time."""
+
+    def __init__(self, info: InputInfo, files: Sequence[Path], pipeline, folder: Path):
+        super().__init__([info], len(files), f"images from {folder} ({pipeline.describe()})")
+        self.files = list(files)
+        self.pipeline = pipeline
+        self.info = info
+
+    def _read(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], list[str]]:
+        files = self.files[start:stop]
+        arrays = [self.pipeline.load(path) for path in files]
+        batch = np.stack(arrays)
+        if batch.dtype != self.info.dtype:
+            if self.info.dtype.kind in "iu":
+                limits = np.iinfo(self.info.dtype)
+                batch = np.clip(np.rint(batch), limits.min, limits.max)
+            batch = batch.astype(self.info.dtype)
+        return {self.info.name: batch}, [path.name for path in files]
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` (case-insensitive suffixes), sorted by name."""
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def open_data(
+    path: str | os.PathLike,
+    inputs: Sequence[InputInfo],
+    *,
+    preprocess: str | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> DataSource:
+    """Open ``path`` as a :class:`DataSource` for a model with ``inputs``.
+
+    * ``.npz``: one array per model input, keyed by input name, first axis = samples;
+    * ``.npy``: the samples of a single-input model;
+    * a folder of images (jpg, jpeg, png, bmp, webp; sorted by name), turned into tensors
+      by ``preprocess`` (see :mod:`onnxopt.validate.preprocess`); without it, the
+      geometry comes from the model's input (``shapes`` fills its dynamic H×W) and pixels
+      are scaled to 0..1, with a warning.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"data path not found: {path}")
+    if preprocess is not None and not path.is_dir():
+        raise UsageError(f"--preprocess applies to a folder of images, and '{path.name}' is a file")
+    if path.is_dir():
+        return _open_images(path, inputs, preprocess, shapes)
+    suffix = path.suffix.lower()
+    names = [info.name for info in inputs]
+    if suffix == ".npz":
+        members = _npz_members(path)
+        if sorted(members) != sorted(names):
+            raise InputError(
+                f"{path.name} keys do not match the model's inputs: expected {sorted(names)}, got {sorted(members)}"
+            )
+        return ArraySource(inputs, members, path)
+    if suffix == ".npy":
+        if len(inputs) != 1:
+            raise InputError(
+                f"{path.name} holds one array but the model has {len(inputs)} inputs ({', '.join(names)}): "
+                "use an .npz keyed by input name"
+            )
+        return ArraySource(inputs, {names[0]: _npy_member(path, names[0])}, path)
+    raise InputError(f"unsupported data file '{path.name}': expected .npz, .npy or a folder of images")
+
+
+def _open_images(folder: Path, inputs: Sequence[InputInfo], preprocess: str | None, shapes) -> DataSource:
+    from onnxopt.validate.preprocess import image_pipeline
+
+    if len(inputs) != 1:
+        names = ", ".join(info.name for info in inputs)
+        raise InputError(f"a folder of images needs a model with one input; this one has {len(inputs)} ({names})")
+    files = list_images(folder)
+    if not files:
+        raise InputError(f"no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}) in folder '{folder}'")
+    info = inputs[0]
+    shape = None if shapes is None else shapes.get(info.name)
+    pipeline = image_pipeline(preprocess, info, shape)
+    return ImageSource(info, files, pipeline, folder)
