@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -120,7 +120,7 @@ def gate_settings(
     *,
     providers: str = "cpu",
     tolerances: Tolerances | None = None,
-    labels: str | os.PathLike | None = None,
+    labels: Mapping[str, int] | None = None,
     batch_size: int = 1,
     bench: bool = False,
     min_speedup: float | None = None,
@@ -132,7 +132,6 @@ def gate_settings(
     """
     from onnxopt.registry import get
     from onnxopt.validate.gate import GateSettings, default_tolerances
-    from onnxopt.validate.metrics import load_labels
     from onnxopt.validate.providers import resolve_providers
 
     specs = parse_spec(passes) if isinstance(passes, str) else passes
@@ -143,7 +142,7 @@ def gate_settings(
         reason = f"default for {reason}"
     return GateSettings(
         source=source, providers=list(choice.providers), tolerances=tolerances, tolerance_reason=reason,
-        labels=load_labels(labels) if labels is not None else None, batch_size=batch_size,
+        labels=labels, batch_size=batch_size,
         bench=bench or min_speedup is not None, min_speedup=min_speedup, notes=list(choice.notes),
     )
 
@@ -186,13 +185,60 @@ def split_calibration(source: DataSource, calibration_samples: int) -> tuple[Dat
     return source.split(count)
 
 
-def calibration_context(source: DataSource, batch_size: int = 1, **context_fields: Any) -> PassContext:
-    """A :class:`PassContext` whose calibration streams ``source`` batch by batch."""
+def prepare_context(
+    original: onnx.ModelProto,
+    passes: str | list[PassSpec],
+    source: DataSource,
+    *,
+    has_data: bool,
+    calibration_samples: int = 100,
+    batch_size: int = 1,
+    jobs: int = 1,
+    providers: str = "cpu",
+    tolerances: Tolerances | None = None,
+    labels: Mapping[str, int] | None = None,
+    target: str = "cpu",
+    time_budget: float | None = None,
+    save_config: str | os.PathLike | None = None,
+) -> tuple[PassContext, DataSource, list[str]]:
+    """The context passes run with, the evaluation data, and notes for the report.
 
-    def batches():
-        return (batch.feeds for batch in source.batches(batch_size))
+    When a pass needs data and ``has_data`` (real ``--data`` rather than random inputs),
+    ``source`` is split: the first ``calibration_samples`` (at most half) calibrate and
+    search, the rest evaluates — disjoint. Search passes (``auto``) also get a
+    :class:`~onnxopt.validate.evaluator.SplitEvaluator` with ``tolerances`` as the budget.
+    """
+    from onnxopt.registry import get
 
-    return PassContext(calibration=batches, calibration_description=source.description, **context_fields)
+    specs = parse_spec(passes) if isinstance(passes, str) else list(passes)
+    classes = [get(spec.name) for spec in specs]
+    context = PassContext(jobs=jobs, providers=tuple(p.strip() for p in providers.split(",")),
+                          time_budget=time_budget, save_config=str(save_config) if save_config else None)
+    notes: list[str] = []
+    evaluation = source
+    if any(cls.needs_data for cls in classes) and has_data:
+        calibration, evaluation = split_calibration(source, calibration_samples)
+        context.calibration = lambda: (batch.feeds for batch in calibration.batches(batch_size))
+        context.calibration_description = calibration.description
+        notes.append(f"calibration: {calibration.description}; evaluation: {evaluation.description} (disjoint)")
+    if any(cls.needs_evaluator for cls in classes):
+        from onnxopt.validate.evaluator import SplitEvaluator
+        from onnxopt.validate.gate import LOSSY_TOLERANCES
+        from onnxopt.validate.providers import resolve_providers
+
+        notes.extend(resolve_providers(target).notes)  # explicit cuda that does not load: exit 2
+
+        if not has_data:
+            notes.append("search scored on random inputs: give --data with real samples for a meaningful budget")
+            calibration, evaluation = split_calibration(source, calibration_samples)
+        budget = tolerances if tolerances is not None and not tolerances.is_empty() else LOSSY_TOLERANCES
+        context.evaluator = SplitEvaluator(
+            _runnable_bytes(original), calibration, evaluation, budget,
+            target=target, batch_size=batch_size, labels=labels,
+        )
+        notes.append(f"search budget: {', '.join(f'{k}={v:g}' for k, v in budget.to_dict().items() if v is not None)}"
+                     f" on {target}")
+    return context, evaluation, notes
 
 
 def load(source: str | os.PathLike) -> onnx.ModelProto:

@@ -21,9 +21,12 @@ import dataclasses
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
 
 from onnxopt.report import PassReport
 
@@ -43,6 +46,35 @@ class NoOptions:
 
 
 @dataclass
+class CandidateScore:
+    """How a candidate model did against the original on one data split."""
+
+    passed: bool  # within the budget (the tolerances of the validation gate)
+    value: float  # the budgeted metric, larger is better (agreement, cosine, or −rel. error)
+    metric: str  # its name, e.g. "top1_agreement"
+    failures: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class CandidateEvaluator(Protocol):
+    """Measurement services for search passes (``auto``), provided by the caller.
+
+    Passes never import ``onnxopt.validate``/``onnxopt.bench``; the API builds an
+    implementation (``onnxopt.validate.evaluator``) and hands it over in the context.
+    ``search`` data is the calibration part of ``--data``; ``holdout`` is the disjoint
+    evaluation part the final answer is checked on.
+    """
+
+    target: str  # provider the latency is measured on: "cpu" or "cuda"
+
+    def score(self, model: onnx.ModelProto, split: Literal["search", "holdout"] = "search") -> CandidateScore: ...
+
+    def latency(self, models: list[onnx.ModelProto], runs: int | None = None) -> list[float]:
+        """Median seconds per run of each model, measured interleaved in one process."""
+        ...
+
+
+@dataclass
 class PassContext:
     """What the caller provides to passes beyond the model.
 
@@ -56,6 +88,9 @@ class PassContext:
     progress: Callable[[str, int, int], None] = lambda message, done, total: None
     jobs: int = 1
     providers: tuple[str, ...] = ("cpu",)
+    evaluator: CandidateEvaluator | None = None
+    time_budget: float | None = None  # seconds a search pass may spend
+    save_config: str | None = None  # where a search pass writes the plain pipeline it found
 
     def calibration_batches(self) -> Iterable[Feeds]:
         if self.calibration is None:
@@ -72,6 +107,7 @@ class OptimizerPass:
     Options: ClassVar[type] = NoOptions
     lossless: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    needs_evaluator: ClassVar[bool] = False  # a search pass: measures candidates (see CandidateEvaluator)
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(self, options: Any = None, context: PassContext | None = None):

@@ -52,16 +52,21 @@ cosine >= 0.99 for other lossy passes. A failure exits 1 and writes nothing (unl
 @click.option("--min-speedup", type=click.FloatRange(min=0), metavar="X", help="Fail the gate when the speedup is below X (implies --bench).")
 @click.option("--calibration-samples", type=click.IntRange(1), default=100, show_default=True,
               help="Samples of --data used to calibrate passes that need data (at most half of it).")
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Provider whose latency search passes (auto) optimize for.")
+@click.option("--time-budget", type=click.FloatRange(min=1), metavar="SECONDS",
+              help="Bound the time search passes (auto) spend.")
+@click.option("--save-config", type=click.Path(dir_okay=False),
+              help="Search passes (auto) write the plain pipeline they found here (YAML).")
 @data_options
 @provider_option
 @tolerance_options
 @verbosity_options
 def command(model, output, passes, config, in_place, report_path, as_json, jobs, no_validate, force,
-            bench, min_speedup, calibration_samples, **data_opts):
+            bench, min_speedup, calibration_samples, target, time_budget, save_config, **data_opts):
     from onnxopt import api, io
-    from onnxopt.passbase import PassContext
-    from onnxopt.registry import get
     from onnxopt.validate.inputs import parse_input_shapes
+    from onnxopt.validate.metrics import load_labels
 
     if as_json and output == io.STDIO:
         raise UsageError("--json prints to stdout, which carries the model with -o -; use --report FILE")
@@ -72,11 +77,11 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
     if no_validate and (bench or min_speedup is not None):
         raise UsageError("--bench/--min-speedup are part of validation; drop --no-validate")
     specs = api.resolve_specs(passes, config)
-    pass_classes = [get(spec.name) for spec in specs]
     shapes = parse_input_shapes(data_opts["input_shape"])
     io.check_output_target(output, [model], in_place)
-    if report_path is not None:
-        io.check_output_target(report_path, [model], False)
+    for extra_output in (report_path, save_config):
+        if extra_output is not None:
+            io.check_output_target(extra_output, [model], False)
 
     to_stdout = output == io.STDIO
     guard = reserved_stdout() if to_stdout else contextlib.nullcontext(None)
@@ -86,18 +91,19 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
             source, data=data_opts["data"], preprocess=data_opts["preprocess"], input_shapes=shapes,
             samples=data_opts["samples"], batch_size=data_opts["batch_size"], seed=data_opts["seed"],
         )
-        context = PassContext(jobs=jobs, providers=tuple(data_opts["providers"].split(",")))
-        calibration_note = None
-        if any(cls.needs_data for cls in pass_classes) and data_opts["data"] is not None:
-            calibration, data = api.split_calibration(data, calibration_samples)
-            context = api.calibration_context(calibration, data_opts["batch_size"], jobs=jobs,
-                                              providers=context.providers)
-            calibration_note = f"calibration: {calibration.description}; evaluation: {data.description}"
+        tolerances = build_tolerances(**data_opts)
+        labels = load_labels(data_opts["labels"]) if data_opts["labels"] else None
+        context, data, notes = api.prepare_context(
+            source, specs, data, has_data=data_opts["data"] is not None,
+            calibration_samples=calibration_samples, batch_size=data_opts["batch_size"], jobs=jobs,
+            providers=data_opts["providers"], tolerances=tolerances, labels=labels, target=target,
+            time_budget=time_budget, save_config=save_config,
+        )
         validation = None
         if not no_validate:
             validation = api.gate_settings(
-                specs, data, providers=data_opts["providers"], tolerances=build_tolerances(**data_opts),
-                labels=data_opts["labels"], batch_size=data_opts["batch_size"], bench=bench,
+                specs, data, providers=data_opts["providers"], tolerances=tolerances,
+                labels=labels, batch_size=data_opts["batch_size"], bench=bench,
                 min_speedup=min_speedup,
             )
         with _progress(len(specs)) as on_pass_start:
@@ -105,8 +111,7 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
                 source, specs, context=context, input_shapes=shapes, on_pass_start=on_pass_start,
                 validation=validation,
             )
-        if calibration_note:
-            report.notes.append(calibration_note)
+        report.notes.extend(notes)
         report.output = output
         failed = bool(report.validation and report.validation.get("passed") is False)
         if not failed or force:
