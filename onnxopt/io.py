@@ -37,7 +37,7 @@ PROTOBUF_LIMIT = 2**31 - 1  # bytes; larger models need external data
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
-def _read_stdin(stream: BinaryIO | None = None) -> bytes:
+def read_stdin(stream: BinaryIO | None = None) -> bytes:
     if stream is None:
         if sys.stdin is None:  # fd 0 closed altogether (`<&-`)
             raise InputError("cannot read the model from stdin: stdin is closed")
@@ -51,7 +51,7 @@ def _read_stdin(stream: BinaryIO | None = None) -> bytes:
     return data
 
 
-def _parse(data: bytes, origin: str) -> onnx.ModelProto:
+def parse_model_bytes(data: bytes, origin: str) -> onnx.ModelProto:
     if not data:
         raise InputError(f"{origin}: empty file, not an ONNX model")
     model = onnx.ModelProto()
@@ -72,7 +72,7 @@ def _external_tensors(model: onnx.ModelProto):
             yield tensor
 
 
-def _check_external_data(model: onnx.ModelProto, base_dir: Path | None, origin: str) -> None:
+def check_external_data(model: onnx.ModelProto, base_dir: Path | None, origin: str) -> None:
     """Refuse external-data locations that are missing or escape the model's folder."""
     tensors = list(_external_tensors(model))
     if not tensors:
@@ -107,8 +107,8 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path | None, origin: 
 def load_proto(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> onnx.ModelProto:
     """Read a model (``"-"`` = stdin) with its external data, never modifying the file."""
     if str(source) == STDIO:
-        model = _parse(_read_stdin(stdin), "stdin")
-        _check_external_data(model, None, "stdin")
+        model = parse_model_bytes(read_stdin(stdin), "stdin")
+        check_external_data(model, None, "stdin")
         return model
     path = Path(source)
     origin = str(source)
@@ -120,8 +120,8 @@ def load_proto(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> o
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{origin}: cannot read: {exc.strerror or exc}") from None
-    model = _parse(data, origin)
-    _check_external_data(model, path.parent, origin)
+    model = parse_model_bytes(data, origin)
+    check_external_data(model, path.parent, origin)
     if any(True for _ in _external_tensors(model)):
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
