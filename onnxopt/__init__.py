@@ -7,14 +7,30 @@ Public API (see README "Python API")::
     onnxopt.save(model, "out.onnx")
 
 Pass classes are importable by name, e.g. ``from onnxopt.passes import SimplifyPass``.
+The names below are imported on first use, so that ``import onnxopt`` (and the CLI's
+start-up, which every pre-commit hook run pays) stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from onnxopt.api import load, optimize, save  # noqa: E402
-from onnxopt.passbase import PassContext  # noqa: E402
-from onnxopt.report import PassReport, RunReport  # noqa: E402
+_LAZY = {
+    "optimize": "onnxopt.api",
+    "load": "onnxopt.api",
+    "save": "onnxopt.api",
+    "PassContext": "onnxopt.passbase",
+    "PassReport": "onnxopt.report",
+    "RunReport": "onnxopt.report",
+}
 
 __all__ = ["PassContext", "PassReport", "RunReport", "__version__", "load", "optimize", "save"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'onnxopt' has no attribute {name!r}")
