@@ -1,0 +1,60 @@
+"""decomp never imports onnx; tensorly only inside functions of tensorly_adapter; the
+tensorly adapter returns our factor shapes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnxopt.decomp as decomp
+
+DECOMP = Path(decomp.__file__).parent
+
+
+def _imports(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node, a.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node, node.module
+
+
+def test_no_onnx_and_tensorly_only_lazily_in_adapter():
+    files = sorted(DECOMP.glob("*.py"))
+    assert len(files) >= 10
+    for path in files:
+        tree = ast.parse(path.read_text())
+        module_level = {id(n) for n in tree.body}
+        for node, name in _imports(tree):
+            root = name.split(".")[0]
+            assert root != "onnx" and not root.startswith("onnxruntime"), f"{path.name} imports {name}"
+            if root == "tensorly":
+                assert path.name == "tensorly_adapter.py", f"{path.name} imports tensorly"
+                assert id(node) not in module_level, "tensorly must be imported inside functions"
+
+
+def test_public_api_is_exported():
+    for name in ("select_rank", "select_rank_pair", "evbmf", "tucker2", "cp4", "spatial_factors", "separable_factors",
+                 "lowrank_matrix", "LastFactorRefit", "truncated_svd", "relative_error", "cp_exact_rank_upper_bound"):
+        assert callable(getattr(decomp, name)), name
+    assert set(decomp.__all__) <= set(dir(decomp))
+
+
+def test_tensorly_adapter_shapes_and_exactness():
+    pytest.importorskip("tensorly")
+    from onnxopt.decomp.tensorly_adapter import tl_parafac, tl_partial_tucker
+
+    W = np.random.default_rng(0).standard_normal((6, 4, 3, 3))
+    t = tl_partial_tucker(W, (6, 4))
+    assert (t.first.shape, t.core.shape, t.last.shape) == ((4, 4, 1, 1), (6, 4, 3, 3), (6, 6, 1, 1))
+    assert t.rel_error < 1e-5
+    t = tl_partial_tucker(W, (3, 2))
+    assert (t.first.shape, t.core.shape, t.last.shape) == ((2, 4, 1, 1), (3, 2, 3, 3), (6, 3, 1, 1))
+    c = tl_parafac(W, 5, n_iter_max=5)
+    assert (c.last.shape, c.first.shape, c.vertical.shape, c.horizontal.shape) == (
+        (6, 5, 1, 1), (5, 4, 1, 1), (5, 1, 3, 1), (5, 1, 1, 3))
+    assert 0 < c.rel_error < 1
