@@ -58,3 +58,35 @@ def test_tensorly_adapter_shapes_and_exactness():
     assert (c.last.shape, c.first.shape, c.vertical.shape, c.horizontal.shape) == (
         (6, 5, 1, 1), (5, 4, 1, 1), (5, 1, 3, 1), (5, 1, 1, 3))
     assert 0 < c.rel_error < 1
+
+
+def test_tensorly_adapter_handles_the_old_api(monkeypatch):
+    tl_decomp = pytest.importorskip("tensorly.decomposition")
+    from onnxopt.decomp.tensorly_adapter import tl_parafac, tl_partial_tucker
+
+    W = np.random.default_rng(1).standard_normal((5, 4, 3, 3))
+    new = tl_partial_tucker(W, (3, 2))
+    calls = []
+
+    def old_partial_tucker(tensor, modes, ranks=None, n_iter_max=100, init="svd", tol=10e-5):
+        # tensorly <= 0.4: modes positional, ``ranks=``, returns (core, factors)
+        calls.append((tuple(modes), tuple(ranks)))
+        U0 = np.linalg.svd(tensor.reshape(5, -1))[0][:, : ranks[0]]
+        U1 = np.linalg.svd(tensor.transpose(1, 0, 2, 3).reshape(4, -1))[0][:, : ranks[1]]
+        return np.einsum("fcij,fb,ca->baij", tensor, U0, U1), [U0, U1]
+
+    monkeypatch.setattr(tl_decomp, "partial_tucker", old_partial_tucker)
+    old = tl_partial_tucker(W, (3, 2))
+    assert calls == [((0, 1), (3, 2))]
+    assert old.core.shape == new.core.shape == (3, 2, 3, 3)
+    assert old.rel_error >= new.rel_error - 1e-6  # HOSVD vs converged HOOI
+
+    rng = np.random.default_rng(2)
+    factors = [rng.standard_normal((n, 2)) for n in (5, 4, 3, 3)]
+    monkeypatch.setattr(tl_decomp, "parafac", lambda *a, **k: factors)  # oldest: factors only
+    c = tl_parafac(W, 2)
+    np.testing.assert_allclose(c.last[:, :, 0, 0], factors[0], rtol=1e-6)
+    monkeypatch.setattr(tl_decomp, "parafac", lambda *a, **k: (np.full(2, 2.0), factors))
+    c = tl_parafac(W, 2)
+    np.testing.assert_allclose(c.last[:, :, 0, 0], 2 * factors[0], rtol=1e-6)
+    np.testing.assert_allclose(c.vertical[:, 0, :, 0], factors[2].T, rtol=1e-6)

@@ -99,3 +99,14 @@ def test_im2col_matches_conv():
     geom = {"strides": (1, 2), "pads": (0, 1, 0, 2), "dilations": (1, 2)}
     cols = im2col(x, (1, 3), **geom)
     np.testing.assert_allclose(np.einsum("fk,nkhw->nfhw", W.reshape(4, -1), cols), conv2d(x, W, **geom), atol=1e-12)
+
+
+def test_channels_last_rows():
+    rng = np.random.default_rng(6)
+    W, b = rng.standard_normal((3, 5)), rng.standard_normal(3)
+    Z = rng.standard_normal((4, 7, 5))  # [N, T, R] as a MatMul sees it
+    refit = LastFactorRefit(5, 3, ridge=0.0, channels_last=True)
+    refit.update(Z, Z @ W.T + b)
+    w_hat, b_hat = refit.solve()
+    np.testing.assert_allclose(w_hat, W, atol=1e-4)
+    np.testing.assert_allclose(b_hat, b, atol=1e-4)

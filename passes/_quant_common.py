@@ -1,0 +1,402 @@
+"""Helpers shared by the quantization passes (``int8``, ``int8-dynamic``, ``fp16``).
+
+* :func:`quantized_ops` — already-quantized models (Q/DQ, ConvInteger, QLinear*) are
+  skipped by every pass here rather than quantized twice;
+* :func:`exclusion` — ``exclude=`` patterns match a node's *name* (glob) or its *op type*
+  (exact), so ``exclude=conv1*|Gemm`` works;
+* :func:`quiet` — onnxruntime.quantization and onnxconverter-common ``print`` progress and
+  log warnings on the root logger; the CLI may stream the model through stdout, so
+  Python-level stdout is redirected around every call into them and their log records
+  are demoted to DEBUG on this module's logger;
+* calibration feeds: :func:`input_specs`, :func:`check_feeds` (every batch checked against
+  the model's inputs; a mismatch is a one-line :class:`~onnxopt.errors.InputError`),
+  :func:`iter_samples` (batches split into one-sample feeds, one batch held at a time),
+  :func:`random_feeds` (seeded, for ``calib=random`` and data-less ``mixed=auto``);
+* model preparation for onnxruntime's quantizers: :func:`name_nodes`,
+  :func:`rename_colliding`, :func:`upgrade_opset`, :func:`strip_initializer_value_info`;
+* :func:`check_loads` — whether onnxruntime loads (and runs) a converted model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onnxopt.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+Feeds = dict[str, np.ndarray]
+
+#: Op types that mean "this model is already quantized".
+QUANTIZED_OP_TYPES = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+    "QLinearConv", "QLinearMatMul", "QGemm", "QLinearAdd", "QLinearMul", "QLinearSigmoid",
+    "QLinearLeakyRelu", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat",
+    "QLinearSoftmax", "QLinearWhere", "QAttention", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat", "MatMulNBits", "QOrderedMatMul",
+})
+
+#: Names onnxruntime's quantizers derive from a tensor name ``t``: ``t + suffix``.
+GENERATED_SUFFIXES = (
+    "_scale", "_zero_point", "_quantized", "_QuantizeLinear", "_DequantizeLinear",
+    "_QuantizeLinear_Input", "_QuantizeLinear_Output", "_DequantizeLinear_Output",
+    "_ReduceMin", "_ReduceMax", "_ReduceMin_Reshape", "_ReduceMax_Reshape", "_convert",
+)
+
+
+def unchanged(model: ir.Model) -> ir.passes.PassResult:
+    """The result of a functional pass that changed nothing (onnx_ir wants a new model object)."""
+    return ir.passes.PassResult(model.clone(), False)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    """Every node, subgraphs (If/Loop/Scan bodies) included."""
+    return iter(ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def quantized_ops(model: ir.Model) -> list[str]:
+    """Sorted op types that show the model is already quantized."""
+    return sorted({n.op_type for n in all_nodes(model) if n.op_type in QUANTIZED_OP_TYPES})
+
+
+def count_float_values(model: ir.Model, dtype: ir.DataType = ir.DataType.FLOAT) -> int:
+    """How many graph inputs, initializers and typed node outputs have element type ``dtype``."""
+    graph = model.graph
+    values = [*graph.inputs, *graph.initializers.values()]
+    values.extend(v for n in all_nodes(model) for v in n.outputs)
+    count = sum(1 for v in values if v.type is not None and getattr(v.type, "dtype", None) == dtype)
+    # Constant nodes' outputs may be untyped before shape inference.
+    for node in all_nodes(model):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.outputs[0].type is None:
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR and attr.as_tensor().dtype == dtype:
+                count += 1
+    return count
+
+
+def exclusion(node: ir.Node, patterns: Iterable[str]) -> str | None:
+    """The first pattern that excludes ``node`` (name glob or exact op type), else None."""
+    for pattern in patterns:
+        if node.op_type == pattern or (node.name and fnmatch.fnmatchcase(node.name, pattern)):
+            return pattern
+    return None
+
+
+def name_nodes(model: ir.Model) -> None:
+    """Give every unnamed or duplicate-named node of the main graph a unique name.
+
+    onnxruntime.quantization and the float16 converter key on node names (exclusion
+    lists, generated Cast names), so empty or repeated names break them.
+    """
+    taken = {n.name for n in model.graph if n.name}
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{index}"
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        node.name = name
+        taken.add(name)
+        seen.add(name)
+
+
+def rename_colliding(model: ir.Model) -> list[str]:
+    """Rename values whose name the quantizer would also generate from another tensor's name.
+
+    A Keras export names a BatchNormalization weight ``batch_normalization_scale`` and the
+    node's output ``batch_normalization``; the quantizer names that activation's scale
+    ``batch_normalization_scale`` too, and the result is invalid. Only the name changes.
+    """
+    graph = model.graph
+    values = {v.name: v for v in graph.initializers.values()}
+    values.update({v.name: v for n in graph for v in n.outputs if v.name})
+    protected = {v.name for v in (*graph.inputs, *graph.outputs)}
+    taken = set(values) | protected
+
+    def collides(name: str) -> bool:
+        return any(name.endswith(s) and name[: -len(s)] in taken for s in GENERATED_SUFFIXES)
+
+    renamed = []
+    for name, value in sorted(values.items()):
+        if name in protected or not collides(name):
+            continue
+        new, k = f"{name}_w", 0
+        while new in taken or collides(new):
+            k += 1
+            new = f"{name}_w{k}"
+        value.name = new
+        taken.add(new)
+        renamed.append(name)
+    return renamed
+
+
+class _LogCollector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def quiet(tool: str) -> Iterator[list[str]]:
+    """Keep a third-party tool off stdout and off the user's log output.
+
+    Yields a list that receives the warnings the tool logged (one line each) once the
+    block ends; everything printed or logged is also sent to this module's logger at
+    DEBUG level.
+    """
+    warnings_out: list[str] = []
+    printed = io.StringIO()
+    root = logging.getLogger()
+    collector = _LogCollector()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [collector]
+    root.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield warnings_out
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+        if printed.getvalue().strip():
+            logger.debug("%s printed: %s", tool, printed.getvalue().strip()[:2000])
+        for record in collector.records:
+            message = record.getMessage().strip()
+            logger.debug("%s: %s", tool, message)
+            if record.levelno >= logging.WARNING and message:
+                warnings_out.append(message.splitlines()[0])
+
+
+# ---------------------------------------------------------------- calibration feeds
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input that data must be fed to: name, numpy dtype, declared dims (None = dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    dims: tuple[int | None, ...] | None
+
+    def shape_str(self) -> str:
+        if self.dims is None:
+            return "[?]"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
+
+
+def input_specs(proto: onnx.ModelProto) -> list[InputSpec]:
+    initializers = {t.name for t in proto.graph.initializer}
+    specs = []
+    for value in proto.graph.input:
+        if value.name in initializers or not value.type.HasField("tensor_type"):
+            continue
+        tensor = value.type.tensor_type
+        dims = None
+        if tensor.HasField("shape"):
+            dims = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        specs.append(InputSpec(value.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
+    return specs
+
+
+def _same_kind(a: np.dtype, b: np.dtype) -> bool:
+    kinds = ("f", "iu", "b")
+    return any(a.kind in k and b.kind in k for k in kinds)
+
+
+def check_feeds(feeds: object, specs: list[InputSpec], origin: str) -> Feeds:
+    """Check one batch against the model inputs; cast to the input dtypes. InputError otherwise."""
+    if not isinstance(feeds, dict):
+        raise InputError(f"{origin}: expected a mapping of input name to array, got {type(feeds).__name__}")
+    wanted = {s.name for s in specs}
+    missing = sorted(wanted - set(feeds))
+    extra = sorted(set(feeds) - wanted)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(f"'{m}'" for m in missing))
+        if extra:
+            parts.append("unknown " + ", ".join(f"'{e}'" for e in extra))
+        expected = ", ".join(f"'{s.name}'" for s in specs)
+        raise InputError(f"{origin} does not match the model inputs: {'; '.join(parts)} (model inputs: {expected})")
+    out: Feeds = {}
+    for spec in specs:
+        array = np.asarray(feeds[spec.name])
+        if not _same_kind(array.dtype, spec.dtype):
+            raise InputError(
+                f"{origin}: input '{spec.name}' is {array.dtype}, the model wants {spec.dtype}"
+            )
+        if spec.dims is not None:
+            if array.ndim != len(spec.dims):
+                raise InputError(
+                    f"{origin}: input '{spec.name}' has shape {tuple(array.shape)}, the model wants "
+                    f"{spec.shape_str()} (rank {len(spec.dims)})"
+                )
+            for axis, (got, want) in enumerate(zip(array.shape, spec.dims)):
+                if want is not None and got != want:
+                    raise InputError(
+                        f"{origin}: input '{spec.name}' has shape {tuple(array.shape)}, the model wants "
+                        f"{spec.shape_str()} (dimension {axis} differs)"
+                    )
+        if array.size == 0:
+            raise InputError(f"{origin}: input '{spec.name}' is empty (shape {tuple(array.shape)})")
+        out[spec.name] = array if array.dtype == spec.dtype else array.astype(spec.dtype)
+    return out
+
+
+def splittable(specs: list[InputSpec]) -> bool:
+    """Whether batches can be split into one-sample feeds: every input has a dynamic first axis."""
+    return bool(specs) and all(s.dims is not None and len(s.dims) > 0 and s.dims[0] is None for s in specs)
+
+
+def iter_samples(batches: Iterable[object], specs: list[InputSpec], origin: str, limit: int | None) -> Iterator[Feeds]:
+    """Checked feeds, one sample at a time where the batch axis is dynamic (else one batch)."""
+    split = splittable(specs)
+    produced = 0
+    for raw in batches:
+        feeds = check_feeds(raw, specs, origin)
+        if split:
+            sizes = {a.shape[0] for a in feeds.values()}
+            if len(sizes) != 1:
+                raise InputError(f"{origin}: inputs disagree on the batch size ({sorted(sizes)})")
+            for i in range(sizes.pop()):
+                if limit is not None and produced >= limit:
+                    return
+                yield {k: v[i : i + 1] for k, v in feeds.items()}
+                produced += 1
+        else:
+            if limit is not None and produced >= limit:
+                return
+            yield feeds
+            produced += 1
+        del feeds, raw
+
+
+def random_dims(spec: InputSpec) -> tuple[int, ...]:
+    """Concrete dims for random data: batch 1; an image's dynamic H and W 224; others 1."""
+    if spec.dims is None:
+        return (1,)
+    dims = list(spec.dims)
+    if len(dims) == 4:
+        channels_last = dims[3] in (1, 3) and dims[1] not in (1, 3)
+        spatial = (1, 2) if channels_last else (2, 3)
+        for axis in spatial:
+            if dims[axis] is None:
+                dims[axis] = 224
+    return tuple(1 if d is None else d for d in dims)
+
+
+def random_feeds(specs: list[InputSpec], count: int, seed: int = 0) -> Iterator[Feeds]:
+    """``count`` seeded samples: standard normal floats, integers in [0, 10), random booleans."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        feeds = {}
+        for spec in specs:
+            dims = random_dims(spec)
+            if spec.dtype.kind == "f":
+                feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+            elif spec.dtype.kind in "iu":
+                feeds[spec.name] = rng.integers(0, 10, dims).astype(spec.dtype)
+            elif spec.dtype.kind == "b":
+                feeds[spec.name] = rng.integers(0, 2, dims).astype(bool)
+            else:
+                raise InputError(f"cannot make random data for input '{spec.name}' of type {spec.dtype}")
+        yield feeds
+
+
+def upgrade_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, str | None]:
+    """The model at ``target`` opset if it is below (onnx's version converter), else as is.
+
+    Returns the model and None, or the unchanged model and the converter's error.
+    """
+    if opset_of(proto) >= target:
+        return proto, None
+    try:
+        converted = onnx.version_converter.convert_version(proto, target)
+    except Exception as exc:  # the version converter lacks adapters for some ops
+        return proto, first_line(exc)
+    opsets = [(o.domain or "ai.onnx", o.version) for o in converted.opset_import]
+    try:
+        converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(opsets, True))
+    except Exception:
+        pass
+    return converted, None
+
+
+def strip_initializer_value_info(proto: onnx.ModelProto) -> None:
+    """Drop value_info entries of initializers (onnx_ir writes them).
+
+    onnxruntime's quantizers and the float16 converter trip over them: shape inference
+    after their rewrites reports "Inferred shape and existing shape differ", and the
+    converter casts a blocked node's weight to float16 and back.
+    """
+    initializers = {t.name for t in proto.graph.initializer}
+    kept = [v for v in proto.graph.value_info if v.name not in initializers]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | None:
+    """None when onnxruntime (CPU) can create a session for the model (and run ``feeds``
+    through it, when given), else the reason."""
+    import onnxruntime as ort
+
+    from onnxopt.io import max_runtime_ir_version
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    data = proto.SerializeToString()
+    if proto.ir_version > max_runtime_ir_version():
+        clamped = onnx.ModelProto()
+        clamped.CopyFrom(proto)
+        clamped.ir_version = max_runtime_ir_version()
+        data = clamped.SerializeToString()
+    try:
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises several exception types for invalid models
+        return first_line(exc)
+    if feeds is not None:
+        try:
+            session.run(None, feeds)
+        except Exception as exc:  # e.g. a QuantizeLinear whose scale has the wrong shape
+            return "running it fails: " + first_line(exc)
+    return None
+
+
+def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
+    """Keep the input's identity (producer, docs, metadata) and an IR version onnx accepts."""
+    converted.producer_name = original.producer_name
+    converted.producer_version = original.producer_version
+    converted.doc_string = original.doc_string
+    del converted.metadata_props[:]
+    converted.metadata_props.extend(original.metadata_props)
+    opsets = [(o.domain or "ai.onnx", o.version) for o in converted.opset_import]
+    try:
+        needed = onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    except Exception:
+        needed = 3
+    converted.ir_version = max(original.ir_version, converted.ir_version, needed)

@@ -1,0 +1,62 @@
+"""Tiny seeded models and data for the quantization tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import make_model
+
+
+def conv_stack(seed: int = 0, opset: int = 17, names: bool = True) -> onnx.ModelProto:
+    """Conv(3→8) → Relu → Conv(8→8) → Relu → GlobalAveragePool → Flatten → Gemm(8→10) → MatMul(10→6)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=0.3):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(w(8, 3, 3, 3), "conv1_w"), numpy_helper.from_array(w(8, scale=0.1), "conv1_b"),
+        numpy_helper.from_array(w(8, 8, 3, 3, scale=0.2), "conv2_w"), numpy_helper.from_array(w(8, scale=0.1), "conv2_b"),
+        numpy_helper.from_array(w(10, 8), "fc_w"), numpy_helper.from_array(w(10, scale=0.1), "fc_b"),
+        numpy_helper.from_array(w(10, 6), "head_w"),
+    ]
+    n = (lambda name: name) if names else (lambda name: "")
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1_w", "conv1_b"], ["c1"], name=n("conv1"), pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name=n("relu1")),
+        helper.make_node("Conv", ["r1", "conv2_w", "conv2_b"], ["c2"], name=n("conv2"), pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name=n("relu2")),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"], name=n("pool")),
+        helper.make_node("Flatten", ["p"], ["f"], name=n("flatten")),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g"], name=n("fc"), transB=1),
+        helper.make_node("MatMul", ["g", "head_w"], ["y"], name=n("head")),
+    ]
+    graph = helper.make_graph(nodes, "conv_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])], inits)
+    model = make_model(graph, opset=opset)
+    onnx.checker.check_model(model)
+    return model
+
+
+def image_batches(count: int = 4, batch: int = 8, seed: int = 1, size: int = 8):
+    """A calibration callable: ``count`` batches of ``batch`` samples, uniform in [0, 1)."""
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        for _ in range(count):
+            yield {"x": rng.random((batch, 3, size, size), dtype=np.float32)}
+
+    return batches
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Worst cosine similarity over the samples (rows) of two outputs."""
+    a = a.reshape(len(a), -1).astype(np.float64)
+    b = b.reshape(len(b), -1).astype(np.float64)
+    return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in model.graph.node]
