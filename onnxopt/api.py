@@ -208,15 +208,16 @@ def prepare_context(
     search, the rest evaluates — disjoint. Search passes (``auto``) also get a
     :class:`~onnxopt.validate.evaluator.SplitEvaluator` with ``tolerances`` as the budget.
     """
-    from onnxopt.registry import get
+    from onnxopt.registry import build_options, get
 
     specs = parse_spec(passes) if isinstance(passes, str) else list(passes)
     classes = [get(spec.name) for spec in specs]
+    wants_data = any(cls.uses_data(build_options(cls, spec.options)) for cls, spec in zip(classes, specs))
     context = PassContext(jobs=jobs, providers=tuple(p.strip() for p in providers.split(",")),
                           time_budget=time_budget, save_config=str(save_config) if save_config else None)
     notes: list[str] = []
     evaluation = source
-    if any(cls.needs_data for cls in classes) and has_data:
+    if wants_data and has_data:
         calibration, evaluation = split_calibration(source, calibration_samples)
         context.calibration = lambda: (batch.feeds for batch in calibration.batches(batch_size))
         context.calibration_description = calibration.description

@@ -116,6 +116,11 @@ class OptimizerPass:
         self.report = PassReport(self.name, options=dataclasses.asdict(self.options))
 
     @classmethod
+    def uses_data(cls, options: Any) -> bool:
+        """Whether this configuration reads calibration data (e.g. ``refit=true``)."""
+        return cls.needs_data
+
+    @classmethod
     def capability(cls) -> str:
         parts = ["lossless" if cls.lossless else "lossy"]
         parts.append("needs calibration data" if cls.needs_data else "no data needed")

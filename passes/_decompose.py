@@ -398,6 +398,10 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
     lossless = False
     needs_data = False  # refit uses calibration data when given; the pass works without
 
+    @classmethod
+    def uses_data(cls, options: RankOptions) -> bool:
+        return bool(options.refit)
+
     # -- hooks
 
     def _kernel_reason(self, kh: int, kw: int) -> str | None:
