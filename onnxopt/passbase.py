@@ -107,6 +107,7 @@ class OptimizerPass:
     Options: ClassVar[type] = NoOptions
     lossless: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
+    optional_data: ClassVar[bool] = False  # uses calibration data when given (e.g. refit)
     needs_evaluator: ClassVar[bool] = False  # a search pass: measures candidates (see CandidateEvaluator)
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
@@ -123,7 +124,10 @@ class OptimizerPass:
     @classmethod
     def capability(cls) -> str:
         parts = ["lossless" if cls.lossless else "lossy"]
-        parts.append("needs calibration data" if cls.needs_data else "no data needed")
+        if cls.needs_data:
+            parts.append("needs calibration data")
+        else:
+            parts.append("calibration data optional" if cls.optional_data else "no data needed")
         parts.append("targets " + "/".join(cls.providers))
         return ", ".join(parts)
 

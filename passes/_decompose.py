@@ -397,6 +397,7 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
     op_types: ClassVar[tuple[str, ...]] = ("Conv",)
     lossless = False
     needs_data = False  # refit uses calibration data when given; the pass works without
+    optional_data = True
 
     @classmethod
     def uses_data(cls, options: RankOptions) -> bool:
