@@ -69,9 +69,7 @@ Without calibration data the refit is skipped with a warning in the report.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import functools
 import logging
 import math
 import re
@@ -247,32 +245,6 @@ class _Done:
 # ---------------------------------------------------------------------------- BLAS threads
 
 
-@functools.cache
-def _openblas_thread_controls():
-    """(set, get) of the OpenBLAS numpy loaded, found through /proc/self/maps; (None, None)
-    elsewhere (other BLAS, other OS): then nothing is changed."""
-    import ctypes
-
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line})
-    except OSError:
-        return None, None
-    for path in paths:
-        try:
-            library = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
-            setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
-            getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
-            if setter is not None and getter is not None:
-                setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                return setter, getter
-    return None, None
-
-
-@contextlib.contextmanager
 def single_threaded_blas():
     """Run numpy's linear algebra on one BLAS thread, restoring the setting afterwards.
 
@@ -282,16 +254,9 @@ def single_threaded_blas():
     thousand wide), so one thread costs little when the machine is idle; parallelism
     comes from decomposing layers concurrently (``--jobs``) instead.
     """
-    setter, getter = _openblas_thread_controls()
-    if setter is None:
-        yield
-        return
-    before = getter()
-    setter(1)
-    try:
-        yield
-    finally:
-        setter(before)
+    from onnxopt.decomp._blas import blas_threads
+
+    return blas_threads(1)
 
 
 # ---------------------------------------------------------------------------- shapes
@@ -664,7 +629,8 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
     def _refit(self, model: ir.Model, original, done: list[_Done]) -> None:
         """Re-solve every decomposed layer's last factor on calibration data (see module doc)."""
         try:
-            self._refit_all(model, original, done)
+            with single_threaded_blas():  # same reason as for the decompositions (see there)
+                self._refit_all(model, original, done)
         except Exception as exc:  # calibration data or onnxruntime problems: keep the plain factors
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.report.warn(f"refit skipped: {type(exc).__name__}: {first}")

@@ -51,7 +51,9 @@ def tl_partial_tucker(W: np.ndarray, ranks: tuple[int, int], **kwargs) -> Tucker
     W64 = np.asarray(W, dtype=np.float64)
     params = inspect.signature(partial_tucker).parameters
     rank_kw = "rank" if "rank" in params else "ranks"
-    res = partial_tucker(W64, modes=[0, 1], **{rank_kw: list(ranks)}, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_eigenvecs.*", category=UserWarning)
+        res = partial_tucker(W64, modes=[0, 1], **{rank_kw: list(ranks)}, **kwargs)
     # new: ((core, factors), errors); old: (core, factors)
     if isinstance(res[0], (tuple, list)):
         res = res[0]

@@ -90,3 +90,23 @@ def test_tensorly_adapter_handles_the_old_api(monkeypatch):
     c = tl_parafac(W, 2)
     np.testing.assert_allclose(c.last[:, :, 0, 0], 2 * factors[0], rtol=1e-6)
     np.testing.assert_allclose(c.vertical[:, 0, :, 0], factors[2].T, rtol=1e-6)
+
+
+def test_blas_threads_limits_and_restores():
+    from threadpoolctl import threadpool_info
+
+    from onnxopt.decomp._blas import blas_threads
+
+    def threads():
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = threads()
+    if not before:
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    with blas_threads(1):
+        assert set(threads()) == {1}
+    assert threads() == before
+    with blas_threads(None):
+        assert threads() == before
+
+
