@@ -25,6 +25,15 @@ logger = logging.getLogger(__name__)
 _PROTOBUF_LIMIT = 2**31 - 1
 
 
+def _graph_signature(graph: onnx.GraphProto) -> bytes:
+    """The graph without its value_info: onnxsim rewrites inferred shapes on every run, which
+    is not a change of the model."""
+    copy = onnx.GraphProto()
+    copy.CopyFrom(graph)
+    del copy.value_info[:]
+    return copy.SerializeToString(deterministic=True)
+
+
 @dataclass(frozen=True)
 class SimplifyOptions:
     optimize: bool = option(True, "also run onnx-optimizer fusions (e.g. Conv+BatchNorm)")
@@ -41,22 +50,27 @@ class SimplifyPass(OptimizerPass, ir.passes.FunctionalPass):
         proto = ir.to_proto(model)
         if proto.ByteSize() > _PROTOBUF_LIMIT:
             self.report.skip_pass("onnxsim cannot handle models over 2 GB")
-            return ir.passes.PassResult(model, False)
-        before = proto.graph.SerializeToString(deterministic=True)
+            return self._unchanged(model)
+        before = _graph_signature(proto.graph)
         try:
             simplified = self._simplify(proto)
         except Exception as exc:  # onnxsim raises many kinds; any of them means "skip"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.report.skip_pass(f"onnxsim failed: {reason}")
-            return ir.passes.PassResult(model, False)
+            return self._unchanged(model)
         if simplified is None:
-            return ir.passes.PassResult(model, False)
+            return self._unchanged(model)
         self._restore_model_fields(proto, simplified)
-        modified = simplified.graph.SerializeToString(deterministic=True) != before
+        modified = _graph_signature(simplified.graph) != before
         self.report.figures.update(nodes_before=len(proto.graph.node), nodes_after=len(simplified.graph.node))
         if not modified:
-            return ir.passes.PassResult(model, False)
+            return self._unchanged(model)
         return ir.passes.PassResult(ir.from_proto(simplified), True)
+
+    @staticmethod
+    def _unchanged(model: ir.Model) -> ir.passes.PassResult:
+        # A functional pass must return a new model object, even when nothing changed.
+        return ir.passes.PassResult(model.clone(), False)
 
     def _simplify(self, proto: onnx.ModelProto) -> onnx.ModelProto | None:
         import onnxsim
