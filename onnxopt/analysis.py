@@ -181,6 +181,8 @@ def node_costs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] 
         if node.op_type == "Constant":
             continue
         name = node.name or f"{node.op_type}_{index}"
+        if name in costs:  # duplicate node names (invalid for onnxruntime, but seen): keep both
+            name = f"{name}#{index}"
         params = sum(constants.get(i, 0) for i in node.input if i)
         macs = _node_macs(node, shapes) if node.op_type in COUNTED_OPS else 0
         costs[name] = NodeCost(name=name, op_type=node.op_type, macs=macs, params=params)

@@ -34,11 +34,11 @@ logger = logging.getLogger(__name__)
 def resolve_specs(passes: str | list[PassSpec] | None = None, config: str | os.PathLike | None = None) -> list[PassSpec]:
     """The pipeline from a spec string, a list of specs, or a config file (exactly one)."""
     if passes is not None and config is not None:
-        raise UsageError("give either passes or a config file, not both")
+        raise UsageError("give either --passes or --config, not both")
     if config is not None:
         return load_config(config)
     if passes is None or (isinstance(passes, str) and not passes.strip()):
-        raise UsageError("no passes given (use --passes or --config; 'onnxopt passes' lists them)")
+        raise UsageError("give --passes or --config ('onnxopt passes' lists the passes)")
     return parse_spec(passes) if isinstance(passes, str) else list(passes)
 
 
@@ -52,9 +52,10 @@ def _as_proto(model: Any) -> onnx.ModelProto:
 
 def optimize(
     model: str | os.PathLike | onnx.ModelProto | ir.Model,
-    passes: str | list[PassSpec] | None = "simplify",
+    passes: str | list[PassSpec] | None = None,
     *,
     config: str | os.PathLike | None = None,
+    origin: str | None = None,
     context: PassContext | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     on_pass_start: Callable[[OptimizerPass, int, int], None] | None = None,
@@ -62,19 +63,21 @@ def optimize(
 ) -> tuple[onnx.ModelProto, RunReport]:
     """Apply a pipeline and return the optimized model (a new ``ModelProto``) and its report.
 
-    With ``validation`` (see :func:`gate_settings`), the optimized model is compared with
-    the original on onnxruntime and ``report.validation["passed"]`` says whether it met
-    the tolerances; the caller decides what to do with a failure (the CLI writes nothing).
-    Without it the report records that validation was skipped.
+    With ``validation`` (see :func:`gate_settings` and :func:`data_source`), the optimized
+    model is compared with the original on onnxruntime and ``report.validation["passed"]``
+    says whether it met the tolerances; the caller decides what to do with a failure (the
+    CLI writes nothing). Without it — the API's default, unlike the CLI's — the report
+    records that validation was skipped.
 
     The input is never modified: a path is read, a ``ModelProto`` or ``ir.Model`` is copied.
     Raises :class:`~onnxopt.errors.OnnxoptError` subclasses (``UsageError`` for a bad
     pipeline, ``InputError`` for an unusable model, ``PassFailed`` when a pass raises).
     """
-    specs = resolve_specs(passes if config is None else None, config)
+    specs = resolve_specs(passes, config)
     opt_passes = build_passes(specs, context)  # validate the pipeline before loading anything
     original = _as_proto(model)
-    io.check_model(original, "input")
+    origin = origin or (str(model) if isinstance(model, (str, os.PathLike)) else "input")
+    io.check_model(original, origin)
     try:
         working = ir.from_proto(original)  # a copy: the caller's model stays untouched
     except Exception as exc:
@@ -91,7 +94,10 @@ def optimize(
         raise PassFailed("checker", str(exc)) from None
     report.after = model_stats(result, input_shapes).to_dict()
     if validation is None:
-        report.validation = {"skipped": True, "passed": None}
+        report.validation = {"skipped": True, "passed": None, "reason": "not requested"}
+    elif not (io.fits_in_protobuf(original) and io.fits_in_protobuf(result)):
+        report.validation = {"skipped": True, "passed": None, "reason": "models over 2 GB are not validated"}
+        report.warnings.append("validation skipped: models over 2 GB are not validated in memory")
     else:
         from onnxopt.validate.gate import run_gate
 

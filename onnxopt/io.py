@@ -27,7 +27,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxopt.errors import InputError, UsageError
+from onnxopt.errors import InputError, UsageError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -131,14 +131,14 @@ def load_proto(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> o
 
 
 def check_model(model: onnx.ModelProto, origin: str) -> None:
-    """Run the full ONNX checker; one line naming the first problem on failure."""
+    """Run the ONNX checker (structure and types; shape inference is ``check``'s job); one line
+    naming the problem on failure."""
     try:
         if model.ByteSize() > PROTOBUF_LIMIT:
             return  # the checker cannot serialise it; onnxruntime will catch real problems
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-        raise InputError(f"{origin}: the model fails the ONNX checker: {first}") from None
+        raise InputError(f"{origin}: the model fails the ONNX checker: {one_line(exc)}") from None
 
 
 def load(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> ir.Model:
@@ -211,24 +211,61 @@ def to_proto(model: ir.Model, original_ir_version: int | None = None) -> onnx.Mo
     return proto
 
 
-def check_output_target(output: str | os.PathLike, inputs: list[str], in_place: bool) -> None:
-    """Refuse unusable outputs before any work is done."""
-    if str(output) == STDIO:
-        return
-    path = Path(output)
+def _external_data_files(source: str) -> set[Path]:
+    """Resolved external-data files a model file refers to (they are part of the input)."""
+    try:
+        model = onnx.load_model(source, load_external_data=False)
+    except Exception:
+        return set()  # unreadable inputs are reported when they are loaded
+    root = Path(source).resolve().parent
+    return {(root / onnx.external_data_helper.ExternalDataInfo(t).location).resolve() for t in _external_tensors(model)}
+
+
+def check_output_targets(outputs: list[str | os.PathLike | None], inputs: list[str], in_place: bool) -> None:
+    """Refuse unusable outputs before any work is done.
+
+    An output may not be an input file or one of its external-data files (unless
+    ``in_place`` for the model file itself), and no two outputs may be the same file.
+    """
+    files = [Path(o) for o in outputs if o is not None and str(o) != STDIO]
+    resolved = [f.resolve() for f in files]
+    for index, target in enumerate(resolved):
+        if target in resolved[:index]:
+            raise UsageError(f"'{files[index]}' is given as two different outputs")
     for source in inputs:
-        if source != STDIO and Path(source).exists() and path.exists():
-            if path.resolve() == Path(source).resolve() and not in_place:
-                raise UsageError(
-                    f"output '{output}' is the input model; pass --in-place to overwrite it"
-                )
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"{output}: output folder '{parent}' does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{output}: output folder '{parent}' is not writable")
-    if path.is_dir():
-        raise InputError(f"{output}: is a directory")
+        if source == STDIO or not Path(source).is_file():
+            continue
+        model_file = Path(source).resolve()
+        data_files = _external_data_files(source)
+        for index, (path, target) in enumerate(zip(files, resolved)):
+            if target in data_files:
+                raise UsageError(f"output '{path}' is an external-data file of the input model")
+            if target == model_file and not (in_place and index == 0):
+                hint = "; pass --in-place to overwrite it" if index == 0 else ""
+                raise UsageError(f"output '{path}' is the input model{hint}")
+    for path in files:
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise InputError(f"{path}: output folder '{parent}' does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(f"{path}: output folder '{parent}' is not writable")
+        if path.is_dir():
+            raise InputError(f"{path}: is a directory")
+
+
+def check_output_target(output: str | os.PathLike, inputs: list[str], in_place: bool) -> None:
+    """:func:`check_output_targets` for a single output."""
+    check_output_targets([output], inputs, in_place)
+
+
+def _file_mode(path: Path) -> int:
+    """Keep an existing file's permissions; new files get the usual umask-based mode."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -238,7 +275,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -259,8 +296,11 @@ def save_proto(model: onnx.ModelProto, output: str | os.PathLike, *, stdout: Bin
         if large:
             raise UsageError("the model is over 2 GB and needs external data; write it to a file")
         stream = stdout if stdout is not None else sys.stdout.buffer
-        stream.write(model.SerializeToString(deterministic=True))
-        stream.flush()
+        try:
+            stream.write(model.SerializeToString(deterministic=True))
+            stream.flush()
+        except BrokenPipeError:
+            raise InputError("stdout was closed before the whole model was written") from None
         return
     path = Path(output)
     try:
@@ -272,6 +312,11 @@ def save_proto(model: onnx.ModelProto, output: str | os.PathLike, *, stdout: Bin
         raise InputError(f"{output}: cannot write: {exc.strerror or exc}") from None
 
 
+def fits_in_protobuf(model: onnx.ModelProto) -> bool:
+    """Whether the model serialises as one protobuf (under 2 GB)."""
+    return _fits(model)
+
+
 def _fits(model: onnx.ModelProto) -> bool:
     try:
         return model.ByteSize() <= PROTOBUF_LIMIT
@@ -280,8 +325,12 @@ def _fits(model: onnx.ModelProto) -> bool:
 
 
 def _save_with_external_data(model: onnx.ModelProto, path: Path) -> None:
-    """Save graph and weights beside each other; both appear only when both are complete."""
+    """Save graph and weights beside each other, each written completely before it is renamed
+    into place (the data file first, so the model never refers to a partial data file)."""
     data_name = f"{path.name}.data"
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # save_model(save_as_external_data=True) rewrites the proto it is given
+    model = copy
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         tmp_model = Path(tmp) / path.name
         onnx.save_model(

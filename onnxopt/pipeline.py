@@ -17,7 +17,7 @@ from collections.abc import Callable
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
-from onnxopt.errors import OnnxoptError, PassFailed
+from onnxopt.errors import OnnxoptError, PassFailed, one_line
 from onnxopt.passbase import OptimizerPass
 from onnxopt.report import PassReport
 
@@ -25,9 +25,8 @@ logger = logging.getLogger(__name__)
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    text = one_line(exc)
+    return type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 
 def cleanup(model: ir.Model) -> ir.Model:

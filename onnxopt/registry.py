@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxopt.errors import UsageError
+from onnxopt.errors import UsageError, one_line
 from onnxopt.passbase import OptimizerPass, PassContext
 
 _PASSES: dict[str, type[OptimizerPass]] = {}
@@ -107,15 +107,20 @@ def parse_spec(text: str) -> list[PassSpec]:
 
 def _load_config_data(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file (config files are UTF-8 YAML, TOML or JSON)") from None
     suffix = path.suffix.lower()
     try:
         if suffix == ".json":
             return json.loads(text)
         if suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
 
             return tomllib.loads(text)
         if suffix in (".yaml", ".yml"):
@@ -123,8 +128,7 @@ def _load_config_data(path: Path) -> Any:
 
             return yaml.safe_load(text)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path}: invalid {suffix[1:].upper()} config: {first}") from None
+        raise UsageError(f"{path}: invalid {suffix[1:].upper()} config: {one_line(exc)}") from None
     raise UsageError(f"{path}: unknown config format '{suffix}'; valid: .yaml, .yml, .toml, .json")
 
 
@@ -182,6 +186,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return text
         raise UsageError(f"{where}: invalid value {value!r}; {_did_you_mean(text, [str(a) for a in args])}")
     if origin is tuple:
+        if value is True:
+            raise UsageError(f"{where}: expected a value (key=value)")
         items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split("|") if v != ""]
         item_type = args[0] if args else str
         return tuple(_coerce(item, item_type, where) for item in items)

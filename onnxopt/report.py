@@ -151,7 +151,7 @@ def _render_validation(report: RunReport, console) -> None:
     if not validation:
         return
     if validation.get("skipped"):
-        console.print("[yellow]validation skipped[/yellow] (--no-validate)")
+        console.print(f"[yellow]validation skipped[/yellow] ({validation.get('reason', 'not requested')})")
         return
     from rich.markup import escape
     from rich.table import Table

@@ -56,7 +56,7 @@ class SimplifyPass(OptimizerPass, ir.passes.FunctionalPass):
             simplified = self._simplify(proto)
         except Exception as exc:  # onnxsim raises many kinds; any of them means "skip"
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.report.skip_pass(f"onnxsim failed: {reason}")
+            self.report.skip_pass(f"onnxsim failed: {reason}")  # its first line names the cause
             return self._unchanged(model)
         if simplified is None:
             return self._unchanged(model)
@@ -75,7 +75,8 @@ class SimplifyPass(OptimizerPass, ir.passes.FunctionalPass):
     def _simplify(self, proto: onnx.ModelProto) -> onnx.ModelProto | None:
         import onnxsim
 
-        # onnxsim may print; stdout can carry the model bytes, so keep it clean.
+        # onnxsim may print; route Python-level prints to the log (the CLI additionally
+        # reserves file descriptor 1 for the model bytes when writing to stdout).
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
             simplified, ok = onnxsim.simplify(

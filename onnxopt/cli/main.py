@@ -7,7 +7,7 @@ import sys
 import click
 
 from onnxopt import __version__
-from onnxopt.errors import EXIT_PASS_FAILED, EXIT_USAGE, OnnxoptError
+from onnxopt.errors import EXIT_PASS_FAILED, EXIT_USAGE, OnnxoptError, one_line
 
 EXIT_CODES_HELP = """
 \b
@@ -15,7 +15,7 @@ Exit codes:
   0  success
   1  a validation gate or a check failed (nothing written unless --force)
   2  usage error, or unreadable / invalid input
-  3  a pass failed unexpectedly (nothing written)
+  3  a pass failed unexpectedly, or an internal error (nothing written)
 """
 
 
@@ -34,21 +34,12 @@ def _register_commands() -> None:
     cli.add_command(optimize.command, "optimize")
     cli.add_command(passes_cmd.command, "passes")
     cli.add_command(inspect_cmd.command, "inspect")
-    # Commands owned by other modules register only when present, so a partial
-    # installation still gives a working CLI.
-    for module_name, command_name in (
-        ("compare", "compare"),
-        ("bench", "bench"),
-        ("profile", "profile"),
-        ("check", "check"),
-    ):
-        try:
-            module = __import__(f"onnxopt.cli.{module_name}", fromlist=["command"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"onnxopt.cli.{module_name}":
-                raise
-            continue
-        cli.add_command(module.command, command_name)
+    from onnxopt.cli import bench, check, compare, profile
+
+    cli.add_command(compare.command, "compare")
+    cli.add_command(bench.command, "bench")
+    cli.add_command(profile.command, "profile")
+    cli.add_command(check.command, "check")
 
 
 _register_commands()
@@ -74,17 +65,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        sys.exit(0)  # the reader of our stdout went away (e.g. `| head`)
     except KeyboardInterrupt:
         click.echo("onnxopt: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:
         if debug:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         click.echo(
-            f"onnxopt: internal error: {type(exc).__name__}: {first} (run with --debug for the traceback)",
+            f"onnxopt: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
             err=True,
         )
         sys.exit(EXIT_PASS_FAILED)

@@ -15,7 +15,13 @@ from onnxopt.cli.common import (
     stderr_console,
     verbosity_options,
 )
-from onnxopt.cli.validation_options import build_tolerances, data_options, provider_option, tolerance_options
+from onnxopt.cli.validation_options import (
+    build_labels,
+    build_tolerances,
+    data_options,
+    provider_option,
+    tolerance_options,
+)
 from onnxopt.errors import GateFailed, UsageError
 
 EXAMPLES = """
@@ -66,22 +72,17 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
             bench, min_speedup, calibration_samples, target, time_budget, save_config, **data_opts):
     from onnxopt import api, io
     from onnxopt.validate.inputs import parse_input_shapes
-    from onnxopt.validate.metrics import load_labels
 
     if as_json and output == io.STDIO:
         raise UsageError("--json prints to stdout, which carries the model with -o -; use --report FILE")
-    if passes is None and config is None:
-        raise UsageError("give --passes or --config ('onnxopt passes' lists the passes)")
-    if passes is not None and config is not None:
-        raise UsageError("give either --passes or --config, not both")
     if no_validate and (bench or min_speedup is not None):
         raise UsageError("--bench/--min-speedup are part of validation; drop --no-validate")
     specs = api.resolve_specs(passes, config)
     shapes = parse_input_shapes(data_opts["input_shape"])
-    io.check_output_target(output, [model], in_place)
-    for extra_output in (report_path, save_config):
-        if extra_output is not None:
-            io.check_output_target(extra_output, [model], False)
+    for option_name, path in (("--report", report_path), ("--save-config", save_config)):
+        if path == io.STDIO:
+            raise UsageError(f"{option_name} needs a file name ('-' is not supported; use --json for stdout)")
+    io.check_output_targets([output, report_path, save_config], [model], in_place)
 
     to_stdout = output == io.STDIO
     guard = reserved_stdout() if to_stdout else contextlib.nullcontext(None)
@@ -92,7 +93,7 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
             samples=data_opts["samples"], batch_size=data_opts["batch_size"], seed=data_opts["seed"],
         )
         tolerances = build_tolerances(**data_opts)
-        labels = load_labels(data_opts["labels"]) if data_opts["labels"] else None
+        labels = build_labels(**data_opts)
         context, data, notes = api.prepare_context(
             source, specs, data, has_data=data_opts["data"] is not None,
             calibration_samples=calibration_samples, batch_size=data_opts["batch_size"], jobs=jobs,
@@ -109,9 +110,11 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
         with _progress(len(specs)) as on_pass_start:
             optimized, report = api.optimize(
                 source, specs, context=context, input_shapes=shapes, on_pass_start=on_pass_start,
-                validation=validation,
+                validation=validation, origin="stdin" if model == io.STDIO else model,
             )
         report.notes.extend(notes)
+        if no_validate:
+            report.validation["reason"] = "--no-validate"
         report.output = output
         failed = bool(report.validation and report.validation.get("passed") is False)
         if not failed or force:

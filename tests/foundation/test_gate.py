@@ -88,7 +88,7 @@ def test_no_validate_is_reported(tmp_path, model_path, capsys):
     code, stdout, _ = run(["optimize", str(model_path), "--passes", "test-scale-weights:factor=2",
                            "-o", str(out), "--no-validate", "--json"], capsys)
     assert code == 0
-    assert json.loads(stdout)["validation"] == {"skipped": True, "passed": None}
+    assert json.loads(stdout)["validation"] == {"skipped": True, "passed": None, "reason": "--no-validate"}
 
 
 def test_min_speedup_fails_the_gate(tmp_path, model_path, capsys):

@@ -115,3 +115,15 @@ def test_describe_passes_lists_options_and_capabilities():
     option_names = [o["name"] for o in rows["fold-constants"]["options"]]
     assert option_names == ["min_elements"]
     assert all(o["help"] for row in rows.values() for o in row["options"])
+
+
+def test_bare_key_on_a_list_option_is_an_error():
+    with pytest.raises(UsageError, match="expected a value"):
+        build_options(_Fake, {"exclude": True})
+
+
+def test_binary_config_is_a_usage_error(tmp_path):
+    path = tmp_path / "bin.json"
+    path.write_bytes(bytes(range(128, 256)) * 3)
+    with pytest.raises(UsageError, match="not a text file"):
+        load_config(path)
