@@ -337,9 +337,11 @@ def test_summarise_reports_unmatched_time():
 def test_profile_resnet56():
     path = SHARED_MODELS / "resnet56_cifar10.onnx"
     feeds = {"input": RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)}
-    result = profile_model(str(path), feeds, runs=3, warmup=1)
+    # Enough runs that a preempted kernel on this shared machine does not decide the ranking.
+    result = profile_model(str(path), feeds, runs=10, warmup=2)
     ops = {o.op_type: o for o in result.op_types}
-    assert result.op_types[0].op_type == "Conv"
+    # "unmatched" is onnxruntime's own layout kernels, not an op type of the model.
+    assert [o.op_type for o in result.op_types if o.op_type != "unmatched"][0] == "Conv"
     assert ops["Conv"].share > 0.5
     assert sum(o.share for o in result.op_types) == pytest.approx(1.0, abs=1e-6)
     assert sum(n.share for n in result.nodes) == pytest.approx(1.0, abs=1e-6)
