@@ -23,7 +23,7 @@ bias. 1×1 convolutions are left to ``svd`` (a 1×1 core would only add a layer)
 
 from __future__ import annotations
 
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, check_speedup_reachable
 
 from onnxopt.registry import register
 
@@ -62,6 +62,7 @@ class DecomposeTuckerPass(DecomposePass):
         elif key == "vbmf":
             kwargs["vbmf_matrices"] = tucker2_unfoldings(W)
         else:
+            check_speedup_reachable(value, layer.macs, macs_for(1, 1))
             kwargs.update(speedup=value, macs_for_ranks=macs_for, original_macs=layer.macs)
         rank_out, rank_in = select_rank_pair(singular_values, (F, C), round_to=self.options.round, **kwargs)
         macs = macs_for(rank_out, rank_in)

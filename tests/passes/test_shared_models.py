@@ -1,5 +1,5 @@
 """Integration: every real model in ../shared/models goes through each decomposition pass
-with default options (``cp`` with ``max_iter=2`` to keep ALS cheap) without an error; the
+with default options without an error; the
 output passes the ONNX checker and runs in onnxruntime with the original's output shapes,
 and every skipped layer has a reason."""
 
@@ -16,7 +16,7 @@ from tests.helpers import SHARED_MODELS, run_ort
 from tests.passes.models import run_pass
 
 MODELS = sorted(p.name for p in SHARED_MODELS.glob("*.onnx")) if SHARED_MODELS.exists() else []
-PASSES = {"spatial": {}, "tucker": {}, "cp": {"max_iter": 2}, "separable": {}, "svd": {}}
+PASSES = {"spatial": {}, "tucker": {}, "cp": {}, "separable": {}, "svd": {}}
 
 pytestmark = [pytest.mark.shared, pytest.mark.skipif(not MODELS, reason="needs ../shared/models (real models beside the repo)")]
 

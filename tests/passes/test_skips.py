@@ -157,3 +157,21 @@ def test_model_outputs_unchanged_names_when_layer_is_graph_output():
     out, _ = run_pass("tucker", model, **EASY)
     assert [o.name for o in out.graph.output] == ["y"]
     onnx.checker.check_model(out, full_check=True)
+
+
+def test_refit_asks_the_caller_for_data():
+    cls = get("tucker")
+    assert cls.uses_data(build_options(cls, {"refit": "true"}))
+    assert not cls.uses_data(build_options(cls, {}))
+    assert "calibration data optional" in cls.capability()
+
+
+def test_numerical_failure_becomes_a_skip_reason(monkeypatch):
+    from onnxopt.passes.tucker import DecomposeTuckerPass
+
+    def boom(self, layer):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(DecomposeTuckerPass, "_try_decompose", boom)
+    _, opt = run_pass("tucker", conv_model(C=8, F=8), **EASY)
+    assert only_skip(opt) == "decomposition failed: SVD did not converge"

@@ -101,3 +101,10 @@ def test_energy_rank_on_a_low_rank_weight():
     out, opt = run_pass("svd", model, energy=0.999, round=1)
     assert opt.report.applied[0]["ranks"] == {"R": 5}
     assert_models_close(model, out)
+
+
+def test_unreachable_speedup_is_skipped_not_forced_to_rank_1():
+    _, opt = run_pass("svd", gemm_model(K=64, N=2), speedup=2, round=1)
+    assert opt.report.skipped[0]["reason"] == "speedup=2 is out of reach (rank 1 gives 1.94×)"
+    _, opt = run_pass("tucker", conv_model(C=16, F=2, kernel=(3, 3)), speedup=50, round=1)
+    assert opt.report.skipped[0]["reason"].startswith("speedup=50 is out of reach (rank 1 gives ")

@@ -1,0 +1,404 @@
+"""Measurement services for search passes: score candidates and time them, on two splits.
+
+:class:`SplitEvaluator` implements :class:`onnxopt.passbase.CandidateEvaluator`, the
+contract through which a search pass (``auto``) measures what it tries without importing
+``onnxopt.validate`` or ``onnxopt.bench``. The caller builds it from ``--data`` split in
+two disjoint parts — *search* (the calibration part: every decision of the search is taken
+on it) and *holdout* (the evaluation part: the final answer is checked on it, so the budget
+is proved on samples the search never saw) — the tolerances as the budget, and the target
+provider.
+
+Why it is built this way:
+
+* The original model runs **once per split**: a search scores hundreds of candidates against
+  the same reference, so its outputs are computed on first use and cached, and so are the
+  input batches (decoding and resizing 100 JPEGs costs about a second each time). Memory
+  is bounded: the cache holds, per split, ``samples × (Σ input sizes + Σ output sizes)``
+  bytes (e.g. 100 images at 3×416×416 float32 plus a [3549, 6] output: ≈ 216 MB; 100
+  CIFAR images and 10 logits: 1.2 MB) up to ``max_cache_bytes`` (default 1 GiB, shared by
+  both splits); batches past the bound are streamed from the source and the reference is
+  recomputed for them on every score (``details["cached_batches"]`` says how many were
+  cached). The original's session is kept; a candidate's session lives for one score.
+* A candidate that onnxruntime cannot load or run is a failed score with the reason, not
+  an exception: a search declines it and goes on.
+* ``value`` is the *budgeted* metric, larger is better: the worst output's top-1 agreement
+  when ``min_agreement`` is set, else its worst-sample cosine when ``min_cosine`` is set,
+  else minus its relative L2 error. ``details["threshold"]`` is the budget on the same
+  scale (so a search can share the budget between two lossy steps), and
+  ``details["rel_l2_error"]`` is the continuous error a search can rank candidates by
+  when the budgeted metric is coarse (agreement over 100 samples moves in steps of 0.01).
+* ``score(..., limit=N)`` scores on the first N samples of the split only (an extension
+  of the protocol: a search uses it for cheap per-layer sensitivities and verifies on the
+  whole split).
+* :meth:`latency` times models interleaved in one process (``onnxopt.bench.latency``) on
+  the target provider, fed with the first search batch; inputs that batch does not have
+  (a single-layer model a search extracts from the graph) get seeded random data at the
+  model's declared static shape. ``statistic="min"`` (an extension of the protocol)
+  returns each model's fastest run: interference from other processes only ever adds
+  time, and on this shared 2-core machine it pushed single models' medians up 3× in some
+  measurements and not others, while the minima stayed within a few percent.
+* Sessions use **one intra-op thread** by default (``threads=1``). Measured here (2 cores,
+  onnxruntime 1.31, other jobs running): interleaved sessions with onnxruntime's default
+  spinning thread pools disturb each other — two *identical* single-conv models timed
+  2.0 ms and 14 ms in one interleaved measurement, three copies 2.1/2.1/17.7 ms — while
+  with one thread (or spinning off) all copies agreed within 5 %; and a single session of
+  the YOLO detector ran 44 ms on one thread against 85 ms on two while the machine was
+  busy. One thread gives stable ratios, which is what a search compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from onnxopt.errors import InputError, OnnxoptError
+from onnxopt.passbase import CandidateScore
+from onnxopt.validate.inputs import DataSource
+from onnxopt.validate.metrics import MetricsAccumulator, OutputMetrics, Tolerances, check_gate
+
+if TYPE_CHECKING:
+    import onnx
+
+logger = logging.getLogger(__name__)
+
+Split = Literal["search", "holdout"]
+DEFAULT_MAX_CACHE_BYTES = 1 << 30
+DEFAULT_LATENCY_RUNS = 30
+LATENCY_WARMUP = 3
+RANDOM_FEED_SEED = 0
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
+
+
+def _runnable(model: onnx.ModelProto | bytes) -> bytes:
+    """Serialized model onnxruntime can load (an IR version it does not know is clamped)."""
+    if isinstance(model, bytes | bytearray):
+        return bytes(model)
+    from onnxopt import io
+
+    if model.ir_version <= io.max_runtime_ir_version():
+        return model.SerializeToString()
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    io.clamp_ir_version(copy)
+    return copy.SerializeToString()
+
+
+class _CachedBatch:
+    __slots__ = ("feeds", "ids", "reference")
+
+    def __init__(self, feeds: dict[str, np.ndarray], ids: list[str], reference: dict[str, np.ndarray]):
+        self.feeds, self.ids, self.reference = feeds, ids, reference
+
+
+class SplitEvaluator:
+    """Scores candidates against the original on the search or holdout split, and times them.
+
+    Args:
+        original: the original model, serialized (loadable by onnxruntime).
+        search: the data the search decides on (calibration part of ``--data``).
+        holdout: disjoint data the final answer is checked on (evaluation part).
+        tolerances: the budget (the validation gate's tolerances).
+        target: provider for numerics and latency, "cpu" or "cuda".
+        batch_size: samples per run (clamped to what the model imposes).
+        labels: {sample id: class} for accuracy figures in ``details`` (optional).
+        max_cache_bytes: bound of the input/reference-output cache (both splits).
+        threads: onnxruntime intra-op threads of every session it creates (None: one per
+            core). Default 1, see the module docstring.
+    """
+
+    def __init__(
+        self,
+        original: bytes,
+        search: DataSource,
+        holdout: DataSource,
+        tolerances: Tolerances,
+        *,
+        target: str = "cpu",
+        batch_size: int = 1,
+        labels: Mapping[str, int] | None = None,
+        max_cache_bytes: int = DEFAULT_MAX_CACHE_BYTES,
+        threads: int | None = 1,
+    ):
+        self.original = bytes(original)
+        self.splits: dict[str, DataSource] = {"search": search, "holdout": holdout}
+        self.tolerances = tolerances
+        self.target = target
+        self.batch_size = batch_size
+        self.labels = dict(labels) if labels else None
+        self.max_cache_bytes = max_cache_bytes
+        self.threads = threads
+        self.metric, self.threshold = _budget_metric(tolerances)
+        self._cache: dict[str, list[_CachedBatch]] = {}
+        self._complete: dict[str, bool] = {}
+        self._cache_bytes = 0
+        self._reference_session = None
+        self._output_names: list[str] | None = None
+        self._latency_feeds: dict[str, np.ndarray] | None = None
+        self._fingerprint: str | None = None
+        self.scores = 0  # how many candidates were scored (for reports)
+        self.score_seconds = 0.0
+
+    # ------------------------------------------------------------------ description
+
+    def describe_splits(self) -> dict[str, dict[str, Any]]:
+        """Sizes and descriptions of the two splits, for reports."""
+        return {name: {"samples": len(source), "description": source.description}
+                for name, source in self.splits.items()}
+
+    @property
+    def data_fingerprint(self) -> str:
+        """Identifies (original model, data of both splits, budget, target) for caches.
+
+        Hashes the model bytes, each split's description and size, the bytes of its first
+        batch (so a changed file with the same name changes the fingerprint), the
+        tolerances, the labels, the batch size and the target."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            digest.update(hashlib.sha256(self.original).digest())
+            for name, source in self.splits.items():
+                digest.update(f"{name}:{len(source)}:{source.description}".encode())
+                if len(source):
+                    batch = next(iter(source.batches(self.batch_size)))
+                    for key in sorted(batch.feeds):
+                        digest.update(key.encode())
+                        digest.update(np.ascontiguousarray(batch.feeds[key]).tobytes())
+            digest.update(repr(sorted(self.tolerances.to_dict().items())).encode())
+            digest.update(repr(sorted((self.labels or {}).items())).encode())
+            digest.update(f"{self.batch_size}:{self.target}".encode())
+            self._fingerprint = digest.hexdigest()[:32]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ reference
+
+    def _session(self, model: bytes):
+        from onnxopt.validate.providers import create_session
+
+        return create_session(model, self.target, threads=self.threads)
+
+    def _reference(self):
+        if self._reference_session is None:
+            self._reference_session = self._session(self.original)
+            self._output_names = [o.name for o in self._reference_session.get_outputs()]
+        return self._reference_session
+
+    def _batches(self, split: str, limit: int | None):
+        """(feeds, ids, reference outputs) per batch, from the cache where possible."""
+        source = self.splits[split]
+        if limit is not None:
+            source = source.subset(0, limit)
+        cached = self._cache.setdefault(split, [])
+        served = 0
+        reference = self._reference()
+        names = self._output_names or []
+        if self._complete.get(split) and (limit is None or sum(len(b.ids) for b in cached) >= len(source)):
+            for item in cached:
+                if limit is not None and served >= len(source):
+                    return
+                yield item.feeds, item.ids, item.reference
+                served += len(item.ids)
+            return
+        for index, batch in enumerate(source.batches(self.batch_size)):
+            if index < len(cached):
+                item = cached[index]
+                yield item.feeds, item.ids, item.reference
+                continue
+            outputs = dict(zip(names, reference.run(names, batch.feeds), strict=True))
+            size = sum(v.nbytes for v in batch.feeds.values()) + sum(np.asarray(v).nbytes for v in outputs.values())
+            if self._cache_bytes + size <= self.max_cache_bytes and index == len(cached):
+                cached.append(_CachedBatch(dict(batch.feeds), list(batch.ids), outputs))
+                self._cache_bytes += size
+            yield batch.feeds, batch.ids, outputs
+        if limit is None:
+            self._complete[split] = sum(len(b.ids) for b in cached) >= len(self.splits[split])
+
+    # ------------------------------------------------------------------ score
+
+    def score(self, model: onnx.ModelProto | bytes, split: Split = "search", *,
+              limit: int | None = None) -> CandidateScore:
+        """How ``model`` does against the original on ``split`` (its first ``limit`` samples)."""
+        if split not in self.splits:
+            raise ValueError(f"split must be 'search' or 'holdout', got {split!r}")
+        start = time.perf_counter()
+        self.scores += 1
+        data = self.splits[split]
+        used = len(data) if limit is None else min(limit, len(data))
+        split_info = {"name": split, "samples": used, "description": data.description}
+        try:
+            self._reference()
+            session = self._session(_runnable(model))
+        except OnnxoptError as exc:
+            return self._failed(f"the candidate does not load: {exc}", split_info, start)
+        names = self._output_names or []
+        cand_names = [o.name for o in session.get_outputs()]
+        if set(cand_names) != set(names):
+            return self._failed(f"the candidate's outputs {sorted(cand_names)} differ from the original's "
+                                f"{sorted(names)}", split_info, start)
+        casts = {i.name: _ORT_TYPES[i.type] for i in session.get_inputs() if i.type in _ORT_TYPES}
+        accumulator = MetricsAccumulator(names)
+        samples = 0
+        try:
+            for feeds, ids, reference in self._batches(split, limit):
+                ready = {k: (v.astype(casts[k]) if k in casts and v.dtype != casts[k] else v)
+                         for k, v in feeds.items()}
+                outputs = dict(zip(names, session.run(names, ready), strict=True))
+                accumulator.update(reference, outputs, ids, self.labels)
+                samples += len(ids)
+        except InputError:
+            raise
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            return self._failed(f"the candidate failed to run: {_first_line(exc)}", split_info, start)
+        del session
+        split_info["samples"] = samples
+        metrics = accumulator.result()
+        failures = check_gate(metrics, self.tolerances)
+        value = _metric_value(metrics, self.metric)
+        seconds = time.perf_counter() - start
+        self.score_seconds += seconds
+        details = {
+            "split": split_info,
+            "threshold": self.threshold,
+            "rel_l2_error": _worst(metrics, "rel_l2_error", max),
+            "cosine_min": _worst(metrics, "cosine_min", min),
+            "top1_agreement": _worst(metrics, "top1_agreement", min),
+            "outputs": [m.to_dict() for m in metrics],
+            "seconds": round(seconds, 3),
+            "cached_batches": len(self._cache.get(split, [])),
+        }
+        return CandidateScore(passed=not failures, value=value, metric=self.metric, failures=failures,
+                              details=details)
+
+    def _failed(self, reason: str, split_info: dict[str, Any], start: float) -> CandidateScore:
+        seconds = time.perf_counter() - start
+        self.score_seconds += seconds
+        return CandidateScore(passed=False, value=-math.inf, metric=self.metric, failures=[reason],
+                              details={"split": split_info, "threshold": self.threshold, "seconds": round(seconds, 3)})
+
+    # ------------------------------------------------------------------ latency
+
+    def _first_batch(self) -> dict[str, np.ndarray]:
+        if self._latency_feeds is None:
+            search = self.splits["search"]
+            source = search if len(search) else self.splits["holdout"]
+            self._latency_feeds = dict(next(iter(source.batches(self.batch_size))).feeds)
+        return self._latency_feeds
+
+    def _feeds_for(self, models: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """The first search batch, plus seeded random data for inputs it lacks."""
+        import onnx
+
+        feeds = dict(self._first_batch())
+        rng = np.random.default_rng(RANDOM_FEED_SEED)
+        for data in models:
+            proto = onnx.ModelProto()
+            proto.ParseFromString(data)
+            initializers = {t.name for t in proto.graph.initializer}
+            for value in proto.graph.input:
+                if value.name in feeds or value.name in initializers:
+                    continue
+                tensor = value.type.tensor_type
+                dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in tensor.shape.dim]
+                dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+                if dtype.kind == "f":
+                    feeds[value.name] = rng.standard_normal(dims).astype(dtype)
+                elif dtype.kind in "iu":
+                    feeds[value.name] = rng.integers(0, 10, size=dims).astype(dtype)
+                else:
+                    feeds[value.name] = rng.random(dims) < 0.5
+        return feeds
+
+    def latency(self, models: list[onnx.ModelProto | bytes], runs: int | None = None, *,
+                statistic: Literal["median", "min"] = "median") -> list[float]:
+        """Median (or ``statistic="min"``: fastest) seconds per run of each model, measured
+        interleaved on the target provider with ``threads`` intra-op threads.
+
+        A model that onnxruntime cannot load or run gets ``inf`` (and a log line)."""
+        from onnxopt.bench.latency import bench_models
+
+        if statistic not in ("median", "min"):
+            raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
+        data = [_runnable(m) for m in models]
+        feeds = self._feeds_for(data)
+        runs = runs or DEFAULT_LATENCY_RUNS
+
+        def pick(bench) -> float:
+            return (bench.stats.p50_ms if statistic == "median" else bench.stats.min_ms) / 1000.0
+
+        def measure(items: list[bytes], count: int, warmup: int):
+            return bench_models(items, feeds, provider=self.target, runs=count, warmup=warmup, threads=self.threads)
+
+        try:
+            return [pick(m) for m in measure(data, runs, LATENCY_WARMUP).models]
+        except OnnxoptError as exc:
+            if len(data) == 1:
+                logger.info("latency: model does not run: %s", exc)
+                return [math.inf]
+        # find the models that do not run, time the others together
+        values: list[float] = [math.inf] * len(data)
+        good = []
+        for index, model in enumerate(data):
+            try:
+                measure([model], 1, 0)
+                good.append(index)
+            except OnnxoptError as exc:
+                logger.info("latency: model %d does not run: %s", index, exc)
+        if good:
+            result = measure([data[i] for i in good], runs, LATENCY_WARMUP)
+            for index, bench in zip(good, result.models, strict=True):
+                values[index] = pick(bench)
+        return values
+
+
+# ---------------------------------------------------------------------- metric helpers
+
+
+def _budget_metric(tolerances: Tolerances) -> tuple[str, float | None]:
+    """(metric name, threshold on the larger-is-better scale of ``value``)."""
+    if tolerances.min_agreement is not None:
+        return "top1_agreement", tolerances.min_agreement
+    if tolerances.min_cosine is not None:
+        return "cosine_min", tolerances.min_cosine
+    if tolerances.max_rel_error is not None:
+        return "neg_rel_l2_error", -tolerances.max_rel_error
+    return "neg_rel_l2_error", None
+
+
+def _worst(metrics: Sequence[OutputMetrics], attribute: str, pick) -> float | None:
+    values = [getattr(m, attribute) for m in metrics if getattr(m, attribute) is not None]
+    return float(pick(values)) if values else None
+
+
+def _metric_value(metrics: Sequence[OutputMetrics], metric: str) -> float:
+    if any(m.shape_error or m.nonfinite_mismatch for m in metrics):
+        return -math.inf
+    if metric == "top1_agreement":
+        value = _worst(metrics, "top1_agreement", min)
+    elif metric == "cosine_min":
+        value = _worst(metrics, "cosine_min", min)
+    else:
+        error = _worst(metrics, "rel_l2_error", max)
+        value = None if error is None else -error
+    return -math.inf if value is None or math.isnan(value) else value
