@@ -4,6 +4,7 @@ Installed as ``onnxopt.passes`` (see ``pyproject.toml``). Each module's docstrin
 its transformation; ``onnxopt passes`` lists names, options and capabilities.
 """
 
+from onnxopt.passes.auto import SearchDecompositionPass
 from onnxopt.passes.cp import DecomposeCpPass
 from onnxopt.passes.fold_constants import FoldConstantsPass
 from onnxopt.passes.fp16 import ConvertFloat16Pass
@@ -25,5 +26,6 @@ __all__ = [
     "FoldConstantsPass",
     "QuantizeDynamicPass",
     "QuantizeStaticPass",
+    "SearchDecompositionPass",
     "SimplifyPass",
 ]

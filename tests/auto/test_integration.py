@@ -68,8 +68,9 @@ def test_auto_with_int8_is_never_slower_than_int8_alone(tmp_path):
     labels = {f["label"]: f for f in figures["final_candidates"]}
     assert "int8 alone" in labels
     assert report.validation["passed"], report.validation["failures"]
-    if labels["int8 alone"]["passed_search"] and figures["result"] != "int8 alone":
-        # chosen over int8 alone only when measured faster by min_speedup
+    int8 = labels["int8 alone"]
+    if int8["passed_search"] and int8["passed_holdout"] is not False and figures["result"] != "int8 alone":
+        # int8 alone met the budget: anything else is chosen only when measured faster by min_speedup
         assert figures["speedup_vs_int8"] >= 1.02
 
 
