@@ -3,7 +3,7 @@
     import onnxopt
     model, report = onnxopt.optimize("model.onnx", passes="simplify,tucker:energy=0.95")
     onnxopt.save(model, "model.opt.onnx")
-    print(report.to_dict()["after"]["macs"])
+    macs_after = report.to_dict()["after"]["macs"]
 """
 
 from __future__ import annotations
@@ -101,23 +101,12 @@ def optimize(
     else:
         from onnxopt.validate.gate import run_gate
 
-        gate = run_gate(_runnable_bytes(original), result.SerializeToString(), validation)
+        gate = run_gate(io.runnable_bytes(original), result.SerializeToString(), validation)
         report.validation = gate.report
         report.benchmark = gate.benchmark
         if gate.benchmark and gate.benchmark.get("warning"):
             report.warnings.append(gate.benchmark["warning"])
     return result, report
-
-
-def _runnable_bytes(model: onnx.ModelProto) -> bytes:
-    """The model as onnxruntime can load it: an IR version newer than it supports is
-    clamped on a copy (the caller's model is untouched)."""
-    if model.ir_version <= io.max_runtime_ir_version():
-        return model.SerializeToString()
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    io.clamp_ir_version(copy)
-    return copy.SerializeToString()
 
 
 def gate_settings(
@@ -240,7 +229,7 @@ def prepare_context(
             calibration, evaluation = split_calibration(source, calibration_samples)
         budget = tolerances if tolerances is not None and not tolerances.is_empty() else LOSSY_TOLERANCES
         context.evaluator = SplitEvaluator(
-            _runnable_bytes(original), calibration, evaluation, budget,
+            io.runnable_bytes(original), calibration, evaluation, budget,
             target=target, batch_size=batch_size, labels=labels,
         )
         notes.append(f"search budget: {', '.join(f'{k}={v:g}' for k, v in budget.to_dict().items() if v is not None)}"

@@ -195,6 +195,19 @@ def clamp_ir_version(model: onnx.ModelProto, original_ir_version: int | None = N
     model.ir_version = min(wanted, max_runtime_ir_version())
 
 
+def runnable_bytes(model: onnx.ModelProto | bytes) -> bytes:
+    """The model serialized as onnxruntime can load it: an IR version newer than it supports
+    is clamped on a copy (the caller's model is untouched)."""
+    if isinstance(model, (bytes, bytearray)):
+        return bytes(model)
+    if model.ir_version <= max_runtime_ir_version():
+        return model.SerializeToString()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    clamp_ir_version(copy)
+    return copy.SerializeToString()
+
+
 def _list_initializers_as_inputs(model: onnx.ModelProto) -> None:
     """IR < 4 requires every initializer to be a graph input too (new ones included)."""
     listed = {value.name for value in model.graph.input}

@@ -27,7 +27,8 @@ from onnxopt.validate.metrics import MetricsAccumulator, OutputMetrics, Toleranc
 
 logger = logging.getLogger(__name__)
 
-_ORT_TYPES = {
+ORT_INPUT_TYPES = {  # onnxruntime input type -> numpy dtype the feeds are cast to
+
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
@@ -156,7 +157,7 @@ class _Runner:
             logger.debug("creating the %s session on %s", self.labels[slot], provider)
             session = create_session(self.models[slot], provider, threads=self.threads)
             self.sessions[key] = session
-            self.casts[key] = {i.name: _ORT_TYPES[i.type] for i in session.get_inputs() if i.type in _ORT_TYPES}
+            self.casts[key] = {i.name: ORT_INPUT_TYPES[i.type] for i in session.get_inputs() if i.type in ORT_INPUT_TYPES}
         return self.sessions[key]
 
     def run(self, slot: str, provider: str, feeds: Mapping[str, np.ndarray], ids: Sequence[str]) -> dict[str, np.ndarray]:

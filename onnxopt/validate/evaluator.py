@@ -57,8 +57,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from onnxopt.errors import InputError, OnnxoptError
+from onnxopt.errors import InputError, OnnxoptError, one_line
+from onnxopt.io import runnable_bytes
 from onnxopt.passbase import CandidateScore
+from onnxopt.validate.compare import ORT_INPUT_TYPES as _ORT_TYPES
 from onnxopt.validate.inputs import DataSource
 from onnxopt.validate.metrics import MetricsAccumulator, OutputMetrics, Tolerances, check_gate
 
@@ -73,38 +75,8 @@ DEFAULT_LATENCY_RUNS = 30
 LATENCY_WARMUP = 3
 RANDOM_FEED_SEED = 0
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int8)": np.int8,
-    "tensor(int16)": np.int16,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-
-
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:300]
-
-
-def _runnable(model: onnx.ModelProto | bytes) -> bytes:
-    """Serialized model onnxruntime can load (an IR version it does not know is clamped)."""
-    if isinstance(model, bytes | bytearray):
-        return bytes(model)
-    from onnxopt import io
-
-    if model.ir_version <= io.max_runtime_ir_version():
-        return model.SerializeToString()
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    io.clamp_ir_version(copy)
-    return copy.SerializeToString()
+    return one_line(error)
 
 
 class _CachedBatch:
@@ -249,7 +221,7 @@ class SplitEvaluator:
         split_info = {"name": split, "samples": used, "description": data.description}
         try:
             self._reference()
-            session = self._session(_runnable(model))
+            session = self._session(runnable_bytes(model))
         except OnnxoptError as exc:
             return self._failed(f"the candidate does not load: {exc}", split_info, start)
         names = self._output_names or []
@@ -340,7 +312,7 @@ class SplitEvaluator:
 
         if statistic not in ("median", "min"):
             raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
-        data = [_runnable(m) for m in models]
+        data = [runnable_bytes(m) for m in models]
         feeds = self._feeds_for(data)
         runs = runs or DEFAULT_LATENCY_RUNS
 

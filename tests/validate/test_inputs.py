@@ -127,13 +127,13 @@ def test_resolve_shapes_defaults_and_one_warning(caplog):
 
 
 def test_resolve_shapes_no_warning_when_only_batch_is_dynamic(caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="onnxopt"):
         assert resolve_shapes([info()], {}, 2) == {"x": (2, 3, 8, 8)}
     assert not caplog.records
 
 
 def test_resolve_shapes_overrides_win(caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="onnxopt"):
         shapes = resolve_shapes([info("x", ("N", 3, "H", "W"))], {"x": (2, 3, 32, 48)})
     assert shapes == {"x": (2, 3, 32, 48)}
     assert not caplog.records
@@ -207,7 +207,7 @@ def test_subset_and_split_are_disjoint_views():
 def test_fixed_first_dim_clamps_the_batch(caplog):
     inputs = [info("images", (1, 3, 4, 4))]
     source = random_source(inputs, resolve_shapes(inputs, {}), num_samples=3)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="onnxopt"):
         batches = list(source.batches(16))
     assert [b.feeds["images"].shape for b in batches] == [(1, 3, 4, 4)] * 3
     assert any("input 'images' fixes the batch: using batch size 1 instead of 16" in r.getMessage() for r in caplog.records)
@@ -216,7 +216,7 @@ def test_fixed_first_dim_clamps_the_batch(caplog):
 def test_fixed_first_dim_above_one_drops_the_remainder(caplog):
     inputs = [info("x", (2, 3))]
     source = random_source(inputs, resolve_shapes(inputs, {}), num_samples=5)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="onnxopt"):
         batches = list(source.batches(1))
     assert [len(b) for b in batches] == [2, 2]
     assert any("the last 1 of 5 samples are not used" in r.getMessage() for r in caplog.records)
@@ -372,7 +372,7 @@ def test_image_folder_streams_sorted_files_with_ids(tmp_path):
 
 def test_image_folder_default_preprocess_is_derived_with_a_warning(tmp_path, caplog):
     _images(tmp_path / "i", 1)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="onnxopt"):
         source = open_data(tmp_path / "i", [info("x", ("N", 8, 8, 1))])
     batch = next(source.batches())
     assert batch.feeds["x"].shape == (1, 8, 8, 1)
