@@ -18,6 +18,15 @@ from typing import Any
 
 import click
 
+EXIT_CODES_HELP = """
+\b
+Exit codes:
+  0  success
+  1  a validation gate or a check failed (nothing written unless --force)
+  2  usage error, or unreadable / invalid input
+  3  a pass failed unexpectedly, or an internal error (nothing written)
+"""
+
 
 def _configure_logging(verbose: int, quiet: bool, debug: bool) -> None:
     level = logging.WARNING

@@ -7,16 +7,8 @@ import sys
 import click
 
 from onnxopt import __version__
+from onnxopt.cli.common import EXIT_CODES_HELP
 from onnxopt.errors import EXIT_PASS_FAILED, EXIT_USAGE, OnnxoptError, one_line
-
-EXIT_CODES_HELP = """
-\b
-Exit codes:
-  0  success
-  1  a validation gate or a check failed (nothing written unless --force)
-  2  usage error, or unreadable / invalid input
-  3  a pass failed unexpectedly, or an internal error (nothing written)
-"""
 
 
 @click.group(

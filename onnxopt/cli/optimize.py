@@ -8,6 +8,7 @@ import sys
 import click
 
 from onnxopt.cli.common import (
+    EXIT_CODES_HELP,
     emit_json,
     is_quiet,
     json_text,
@@ -40,7 +41,7 @@ tolerances: relative error <= 1e-4 for lossless pipelines, cosine >= 0.999 for f
 cosine >= 0.99 for other lossy passes. A failure exits 1 and writes nothing (unless
 --force). Passes that need calibration data (int8, refit) take the first
 --calibration-samples of --data; the rest evaluates (disjoint, reported).
-"""
+""" + EXIT_CODES_HELP
 
 
 @click.command(help="Apply passes to MODEL ('-' = stdin), validate, and write the result to OUTPUT.\n" + EXAMPLES)
