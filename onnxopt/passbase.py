@@ -63,6 +63,11 @@ class CandidateEvaluator(Protocol):
     implementation (``onnxopt.validate.evaluator``) and hands it over in the context.
     ``search`` data is the calibration part of ``--data``; ``holdout`` is the disjoint
     evaluation part the final answer is checked on.
+
+    Optional extras a search pass uses when present (``SplitEvaluator`` has them all):
+    ``score(..., limit=N)`` (first N samples only, for quick sensitivities),
+    ``latency(..., statistic="min")``, ``describe_splits()`` (for the report),
+    ``data_fingerprint`` (part of cache keys), ``tolerances`` and ``threads``.
     """
 
     target: str  # provider the latency is measured on: "cpu" or "cuda"
