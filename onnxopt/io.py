@@ -28,11 +28,12 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from onnxopt.errors import InputError, UsageError, one_line
+from onnxopt.irutil import PROTOBUF_LIMIT  # bytes; larger models need external data
 
 logger = logging.getLogger(__name__)
 
 STDIO = "-"
-PROTOBUF_LIMIT = 2**31 - 1  # bytes; larger models need external data
+
 # Leave headroom under the hard limit for the graph itself when deciding on external data.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+PROTOBUF_LIMIT = 2**31 - 1  # bytes: passes that round-trip through protobuf tools stop here
+
 
 def constant_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's constant contents, from an initializer or a ``Constant`` node; else None."""

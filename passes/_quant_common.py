@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxopt import irutil
 from onnxopt.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,19 @@ GENERATED_SUFFIXES = (
     "_QuantizeLinear_Input", "_QuantizeLinear_Output", "_DequantizeLinear_Output",
     "_ReduceMin", "_ReduceMax", "_ReduceMin_Reshape", "_ReduceMax_Reshape", "_convert",
 )
+
+
+def quantizable_proto(model: ir.Model, pass_name: str) -> tuple[onnx.ModelProto | None, str | None]:
+    """The model as protobuf for a quantizer, or the reason the pass skips it."""
+    found = quantized_ops(model)
+    if found:
+        return None, f"the model is already quantized ({', '.join(found)} present)"
+    if count_float_values(model) == 0:
+        return None, "the model has no float32 tensors to quantize"
+    proto = ir.to_proto(model)
+    if proto.ByteSize() > irutil.PROTOBUF_LIMIT:
+        return None, f"models over 2 GB are not supported by the {pass_name} pass"
+    return proto, None
 
 
 def unchanged(model: ir.Model) -> ir.passes.PassResult:

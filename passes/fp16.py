@@ -62,7 +62,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt.errors import InputError, OnnxoptError
-from onnxopt.irutil import constant_array, unique_name
+from onnxopt.irutil import PROTOBUF_LIMIT, constant_array, unique_name
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
 
@@ -70,7 +70,6 @@ from . import _quant_common as qc
 
 logger = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2**31 - 1
 _FP16_MAX = 65504.0
 _MIN_POSITIVE = 1e-7
 _MAX_REPAIR_ROUNDS = 8
@@ -130,7 +129,7 @@ class ConvertFloat16Pass(OptimizerPass, ir.passes.FunctionalPass):
             self.report.skip_pass("the model has no float32 tensors to convert")
             return unchanged
         original = ir.to_proto(model)
-        if original.ByteSize() > _PROTOBUF_LIMIT:
+        if original.ByteSize() > PROTOBUF_LIMIT:
             self.report.skip_pass("models over 2 GB are not supported by the fp16 pass")
             return unchanged
 

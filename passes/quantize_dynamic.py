@@ -49,7 +49,6 @@ from . import _quant_common as qc
 
 logger = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2**31 - 1
 _MIN_OPSET = 13
 #: What onnxruntime's dynamic (IntegerOps) quantizer handles.
 _SUPPORTED = ("MatMul", "LSTM", "Attention", "Conv", "Gather", "EmbedLayerNormalization")
@@ -81,16 +80,9 @@ class QuantizeDynamicPass(OptimizerPass, ir.passes.FunctionalPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         unchanged = qc.unchanged(model)
-        found = qc.quantized_ops(model)
-        if found:
-            self.report.skip_pass(f"the model is already quantized ({', '.join(found)} present)")
-            return unchanged
-        if qc.count_float_values(model) == 0:
-            self.report.skip_pass("the model has no float32 tensors to quantize")
-            return unchanged
-        original = ir.to_proto(model)
-        if original.ByteSize() > _PROTOBUF_LIMIT:
-            self.report.skip_pass("models over 2 GB are not supported by the int8-dynamic pass")
+        original, reason = qc.quantizable_proto(model, self.name)
+        if original is None:
+            self.report.skip_pass(reason)
             return unchanged
 
         opset = qc.opset_of(original)

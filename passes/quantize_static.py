@@ -87,7 +87,6 @@ from . import _quant_common as qc
 
 logger = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2**31 - 1
 #: Per-channel ``DequantizeLinear`` (the ``axis`` attribute) needs opset 13.
 _MIN_OPSET = 13
 _PER_TENSOR_FIRST = ("Gemm", "MatMul")  # per-channel falls back on these op types first
@@ -135,16 +134,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         unchanged = qc.unchanged(model)
         self._force_per_tensor = False
         self._probe: qc.Feeds | None = None
-        found = qc.quantized_ops(model)
-        if found:
-            self.report.skip_pass(f"the model is already quantized ({', '.join(found)} present)")
-            return unchanged
-        if qc.count_float_values(model) == 0:
-            self.report.skip_pass("the model has no float32 tensors to quantize")
-            return unchanged
-        original = ir.to_proto(model)
-        if original.ByteSize() > _PROTOBUF_LIMIT:
-            self.report.skip_pass("models over 2 GB are not supported by the int8 pass")
+        original, reason = qc.quantizable_proto(model, self.name)
+        if original is None:
+            self.report.skip_pass(reason)
             return unchanged
         specs = qc.input_specs(original)
         open_samples = self._sample_source(specs)

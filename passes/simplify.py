@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import onnx
 import onnx_ir as ir
 
+from onnxopt.irutil import PROTOBUF_LIMIT
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
 
 logger = logging.getLogger(__name__)
 
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def _graph_signature(graph: onnx.GraphProto) -> bytes:
@@ -48,7 +48,7 @@ class SimplifyPass(OptimizerPass, ir.passes.FunctionalPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         proto = ir.to_proto(model)
-        if proto.ByteSize() > _PROTOBUF_LIMIT:
+        if proto.ByteSize() > PROTOBUF_LIMIT:
             self.report.skip_pass("onnxsim cannot handle models over 2 GB")
             return self._unchanged(model)
         before = _graph_signature(proto.graph)
