@@ -76,7 +76,6 @@ import logging
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -764,31 +763,15 @@ def _rule_non_finite_weights(run: _Run, loaded: _Loaded) -> None:
 
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Send fd 2 to a temporary file while native code runs; log what it printed at debug level.
+    """Keep onnxruntime's native log off the terminal (a pre-commit hook prints findings,
+    not log spam); what it printed goes to the debug log."""
+    from onnxopt.validate.providers import capture_fd2
 
-    onnxruntime's C++ logger writes straight to fd 2, which ``contextlib.redirect_stderr``
-    does not catch; a pre-commit hook must print findings, not native log spam.
-    """
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 at all: nothing to protect
+    with capture_fd2() as printed:
         yield
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            printed = sink.read().decode("utf-8", errors="replace").strip()
-            if printed:
-                logger.debug("onnxruntime printed: %s", printed[:2000])
+    text = "".join(printed).strip()
+    if text:
+        logger.debug("onnxruntime printed: %s", text[:2000])
 
 
 def _create_session(loaded: _Loaded):

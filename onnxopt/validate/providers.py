@@ -103,7 +103,7 @@ def resolve_providers(spec: str) -> ProviderChoice:
 
 
 @contextlib.contextmanager
-def _capture_fd2() -> Iterator[list[str]]:
+def capture_fd2() -> Iterator[list[str]]:
     """Redirect the OS-level stderr (fd 2) to a temp file; yield a list that gets its text.
 
     onnxruntime logs from C++ straight to fd 2, so ``contextlib.redirect_stderr`` (which only
@@ -192,7 +192,7 @@ def cuda_status() -> tuple[bool, str]:
     opts.log_severity_level = 3
     loaded: list[str] = []
     error = ""
-    with _capture_fd2() as printed, warnings.catch_warnings():
+    with capture_fd2() as printed, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             session = ort.InferenceSession(
