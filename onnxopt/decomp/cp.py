@@ -51,6 +51,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from onnxopt.decomp.svd import conv_weight_float64
+
 from ._blas import blas_threads as _blas_threads
 
 __all__ = [
@@ -78,13 +80,6 @@ class CP(NamedTuple):
     horizontal: np.ndarray  # [R, 1, 1, kw]
     rel_error: float
     iterations: int  # ALS sweeps run (0 when the constructive start was used as is)
-
-
-def _check_conv_weight(W: np.ndarray) -> np.ndarray:
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 4:
-        raise ValueError(f"expected a conv weight [F, C, kh, kw], got shape {W.shape}")
-    return W
 
 
 def cp_exact_rank_upper_bound(W: np.ndarray) -> int:
@@ -191,7 +186,7 @@ def cp4(
 
 
 def _cp4(W, rank, max_iter, tol, seed, progress, init, ridge, linesearch, linesearch_pow) -> CP:
-    W = _check_conv_weight(W)
+    W = conv_weight_float64(W)
     F, C, kh, kw = W.shape
     rank = int(rank)
     if rank < 1:

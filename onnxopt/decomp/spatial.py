@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from onnxopt.decomp.svd import conv_weight_float64
+
 from .svd import relative_error
 
 __all__ = ["SpatialFactors", "spatial_factors", "spatial_matrix", "spatial_singular_values"]
@@ -33,16 +35,9 @@ class SpatialFactors(NamedTuple):
     rel_error: float
 
 
-def _check_conv_weight(W: np.ndarray) -> np.ndarray:
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 4:
-        raise ValueError(f"expected a conv weight [F, C, kh, kw], got shape {W.shape}")
-    return W
-
-
 def spatial_matrix(W: np.ndarray) -> np.ndarray:
     """The (C·kh) × (kw·F) matrix whose SVD gives the factors (also the VBMF input)."""
-    W = _check_conv_weight(W)
+    W = conv_weight_float64(W)
     F, C, kh, kw = W.shape
     return W.transpose(1, 2, 3, 0).reshape(C * kh, kw * F)
 
@@ -59,7 +54,7 @@ def spatial_reconstruct(vertical: np.ndarray, horizontal: np.ndarray) -> np.ndar
 
 def spatial_factors(W: np.ndarray, rank: int) -> SpatialFactors:
     """Rank-``rank`` vertical/horizontal factors of ``W`` (float32), see module docstring."""
-    W = _check_conv_weight(W)
+    W = conv_weight_float64(W)
     F, C, kh, kw = W.shape
     full = min(C * kh, kw * F)
     rank = int(rank)

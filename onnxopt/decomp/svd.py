@@ -19,6 +19,14 @@ __all__ = [
 ]
 
 
+def conv_weight_float64(W: np.ndarray) -> np.ndarray:
+    """A conv weight [F, C, kh, kw] as float64 (the factorizations compute in float64)."""
+    W = np.asarray(W, dtype=np.float64)
+    if W.ndim != 4:
+        raise ValueError(f"expected a conv weight [F, C, kh, kw], got shape {W.shape}")
+    return W
+
+
 def _as_matrix(M: np.ndarray) -> np.ndarray:
     M = np.asarray(M, dtype=np.float64)
     if M.ndim != 2:

@@ -29,6 +29,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from onnxopt.decomp.svd import conv_weight_float64
+
 from ._blas import blas_threads as _blas_threads
 from .svd import leading_left_singular_vectors
 
@@ -53,20 +55,13 @@ class Tucker2(NamedTuple):
     rel_error: float
 
 
-def _check_conv_weight(W: np.ndarray) -> np.ndarray:
-    W = np.asarray(W, dtype=np.float64)
-    if W.ndim != 4:
-        raise ValueError(f"expected a conv weight [F, C, kh, kw], got shape {W.shape}")
-    return W
-
-
 def tucker2_unfoldings(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mode-F unfolding [F, C·kh·kw] and mode-C unfolding [C, F·kh·kw] (float64).
 
     These are the matrices whose singular values / EVBMF ranks give R2 and R1
     (``select_rank_pair(..., vbmf_matrices=tucker2_unfoldings(W))``).
     """
-    W = _check_conv_weight(W)
+    W = conv_weight_float64(W)
     F, C = W.shape[:2]
     return W.reshape(F, -1), W.transpose(1, 0, 2, 3).reshape(C, -1)
 
@@ -113,7 +108,7 @@ def tucker2(
 
 
 def _tucker2(W: np.ndarray, rank_out: int, rank_in: int, n_iter: int, tol: float) -> Tucker2:
-    W = _check_conv_weight(W)
+    W = conv_weight_float64(W)
     F, C, kh, kw = W.shape
     k2 = kh * kw
     r2, r1 = int(rank_out), int(rank_in)
