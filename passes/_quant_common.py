@@ -14,7 +14,9 @@
   :func:`random_feeds` (seeded, for ``calib=random`` and data-less ``mixed=auto``);
 * model preparation for onnxruntime's quantizers: :func:`name_nodes`,
   :func:`rename_colliding`, :func:`upgrade_opset`, :func:`strip_initializer_value_info`;
-* :func:`check_loads` — whether onnxruntime loads (and runs) a converted model.
+* :func:`check_loads` — whether onnxruntime loads (and runs) a converted model;
+* :func:`choose_reduce_range` — ``reduce_range=auto``: 7-bit weights where this CPU's
+  u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.hostcpu`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxopt import irutil
+from onnxopt import hostcpu, irutil
 from onnxopt.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -399,6 +401,26 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
         except Exception as exc:  # e.g. a QuantizeLinear whose scale has the wrong shape
             return "running it fails: " + first_line(exc)
     return None
+
+
+def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
+    """Resolve a ``reduce_range`` option (true, false or "auto") and say why in ``report``.
+
+    ``u8s8``: whether the quantized kernels multiply uint8 activations by int8 weights,
+    the only combination whose x86 kernels saturate without VNNI.
+    """
+    kernels = hostcpu.integer_kernels()
+    at_risk = u8s8 and kernels.u8s8_saturates
+    chosen = at_risk if choice == "auto" else bool(choice)
+    if choice == "auto":
+        why = f"auto: {kernels.describe()}"
+    else:
+        why = "reduce_range=" + ("true" if chosen else "false")
+    report.figures["reduce_range"] = ("7-bit weights" if chosen else "8-bit weights") + f" ({why})"
+    if at_risk and not chosen:
+        report.warn(f"this is an {kernels.describe()}: u8×s8 products may saturate int16 and cost accuracy "
+                    "here; reduce_range=true (7-bit weights) avoids it — keep 8 bits only for a VNNI target")
+    return chosen
 
 
 def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:

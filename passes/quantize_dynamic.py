@@ -27,6 +27,9 @@ EasyOCR's recognizer (7 convs + 2 BiLSTM + MatMul head, a photo as a 1×1×64×2
 default op_types 1.26× faster than FP32 (output cosine 0.99997, same argmax everywhere);
 ``per_channel`` 1.20× (cosine 0.99998) — hence per-tensor by default; with Conv added
 0.24× (4× *slower*): its convolutions cost far more as ConvInteger than in float.
+Activations are uint8, so with int8 weights the kernels are u8×s8: ``reduce_range=auto``
+quantizes weights to 7 bits on x86 CPUs without VNNI, whose u8×s8 kernels saturate
+(:mod:`onnxopt.hostcpu`), as the int8 pass does.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class QuantizeDynamicOptions:
     per_channel: bool = option(False, "quantize weights per output channel")
     weights: Literal["int8", "uint8"] = option("int8", "weight type (activations are always uint8)")
     exclude: tuple[str, ...] = option((), "node-name globs or op types to leave in float")
+    reduce_range: bool | Literal["auto"] = option(
+        "auto", "7-bit weights, so that u8xs8 kernels cannot saturate on x86 CPUs without VNNI; "
+        "auto: where this CPU lacks VNNI and weights=int8")
 
     def __post_init__(self):
         if not self.op_types:
@@ -193,6 +199,7 @@ class QuantizeDynamicPass(OptimizerPass, ir.passes.FunctionalPass):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[self.options.weights]
+        reduce_range = qc.choose_reduce_range(self.options.reduce_range, self.options.weights == "int8", self.report)
         with tempfile.TemporaryDirectory(prefix="onnxopt-int8-dynamic-") as tmp:
             source, target = Path(tmp) / "model.onnx", Path(tmp) / "quantized.onnx"
             onnx.save_model(prepared, str(source))
@@ -200,7 +207,7 @@ class QuantizeDynamicPass(OptimizerPass, ir.passes.FunctionalPass):
                 with qc.quiet("onnxruntime quantize_dynamic"):
                     quantize_dynamic(
                         source, target, op_types_to_quantize=op_types, per_channel=self.options.per_channel,
-                        weight_type=weight_type, nodes_to_exclude=exclude,
+                        weight_type=weight_type, nodes_to_exclude=exclude, reduce_range=reduce_range,
                         extra_options={"MatMulConstBOnly": True},
                     )
                 quantized = onnx.load(str(target))

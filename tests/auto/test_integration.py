@@ -65,11 +65,12 @@ def test_auto_with_int8_is_never_slower_than_int8_alone(tmp_path):
             ":min_macs=1e5:min_pointwise_channels=16")
     _, optimized, report, _, _ = run(spec, tmp_path, save=False)
     figures = report.passes[0].figures
-    labels = {f["label"]: f for f in figures["final_candidates"]}
-    assert "int8 alone" in labels
+    # the quantization baseline: "int8 alone", or "int8 excluding N layers" where int8 alone missed the budget
+    baselines = [f for f in figures["final_candidates"] if f["label"].startswith("int8")]
+    assert len(baselines) == 1, [f["label"] for f in figures["final_candidates"]]
     assert report.validation["passed"], report.validation["failures"]
-    int8 = labels["int8 alone"]
-    if int8["passed_search"] and int8["passed_holdout"] is not False and figures["result"] != "int8 alone":
+    int8 = baselines[0]
+    if int8["passed_search"] and int8["passed_holdout"] is not False and figures["result"] != int8["label"]:
         # int8 alone met the budget: anything else is chosen only when measured faster by min_speedup
         assert figures["speedup_vs_int8"] >= 1.02
 

@@ -63,7 +63,7 @@ def test_per_channel_weights_have_one_scale_per_output_channel():
     assert {a.name: a.i for a in dq.attribute}.get("axis", None) == 0
     assert list(inits[dq.input[1]].dims) == [8]  # one scale per output channel
     _, per_tensor = run_int8(conv_stack(), context(), per_channel=False)
-    assert per_tensor.figures["weights"] == "int8 per-tensor"
+    assert per_tensor.figures["weights"] in ("int8 per-tensor", "int8 7-bit per-tensor")  # 7-bit: host without VNNI
 
 
 def test_defaults_are_uint8_activations_int8_weights():
@@ -75,7 +75,8 @@ def test_defaults_are_uint8_activations_int8_weights():
     weight_zp = inits[producers[conv2.input[1]].input[2]]
     assert activation_zp.data_type == onnx.TensorProto.UINT8
     assert weight_zp.data_type == onnx.TensorProto.INT8
-    assert (report.figures["activations"], report.figures["weights"]) == ("uint8", "int8 per-channel")
+    assert report.figures["activations"] == "uint8"
+    assert report.figures["weights"] in ("int8 per-channel", "int8 7-bit per-channel")  # 7-bit: host without VNNI
 
 
 def test_exclude_by_name_glob_and_op_type():
@@ -335,3 +336,27 @@ def test_calibration_data_the_model_cannot_run_is_a_one_line_input_error():
         run_int8(make_model(graph), data, preprocess=False)
     assert str(excinfo.value).startswith("x.npz: the model cannot run on sample 1:")
     assert "\n" not in str(excinfo.value)
+
+
+def test_resnet20_int8_defaults_keep_agreement_on_this_cpu():
+    """The defaults suit the host: without VNNI, 8-bit weights saturated u8×s8 kernels here
+    (an AVX2 EPYC: agreement 0.85, softmax KL 0.19 on 400 photos; 7-bit 0.94 / 0.021)."""
+    path = shared_model("resnet20_cifar10.onnx")
+    if not (SHARED_IMAGES / "imagenet").exists():
+        pytest.skip("needs ../shared/images/imagenet")
+    model = onnx.load(str(path))
+    images = np.stack(_cifar_images(128, raw=False))
+    calibration = PassContext(calibration=lambda: iter([{"input": images[:32]}]), calibration_description="32 photos")
+    quantized, report = run_int8(model, calibration)
+    assert report.skipped_reason is None
+    feeds = {"input": images[32:]}
+    reference, candidate = run_ort(model, feeds)[0], run_ort(quantized, feeds)[0]
+
+    def log_softmax(x):
+        x = x.astype(np.float64) - x.max(1, keepdims=True)
+        return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+    p, q = log_softmax(reference), log_softmax(candidate)
+    kl = float(np.mean(np.sum(np.exp(p) * (p - q), axis=1)))
+    assert kl < 0.06, (kl, report.figures["reduce_range"])
+    assert np.mean(reference.argmax(1) == candidate.argmax(1)) >= 0.88

@@ -1,0 +1,161 @@
+"""``reduce_range``: 7-bit weights where the host's u8×s8 kernels saturate (x86 without VNNI)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from onnxopt import hostcpu
+from onnxopt.errors import UsageError
+from onnxopt.registry import build_options, get
+from tests.quant.models import conv_stack
+from tests.quant.test_int8 import context, dq_producers, run_int8
+from tests.quant.test_int8_dynamic import mlp, run_dynamic
+
+VNNI = hostcpu.IntegerKernels(x86=True, vnni=True)
+AVX2 = hostcpu.IntegerKernels(x86=True, vnni=False)
+ARM = hostcpu.IntegerKernels(x86=False, vnni=False)
+
+
+@pytest.fixture
+def host(monkeypatch):
+    """Pretend to run on a given CPU: ``host(AVX2)``."""
+    def use(kernels: hostcpu.IntegerKernels) -> None:
+        monkeypatch.setattr(hostcpu, "integer_kernels", lambda: kernels)
+    return use
+
+
+def int8_weights(model) -> dict[str, np.ndarray]:
+    """The int8 weight tensors that feed DequantizeLinear (static) or integer ops (dynamic)."""
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
+            if t.data_type == TensorProto.INT8 and len(t.dims) >= 2}
+
+
+def widest(model) -> int:
+    return max(int(np.abs(w.astype(np.int32)).max()) for w in int8_weights(model).values())
+
+
+# ---------------------------------------------------------------- host detection
+
+
+@pytest.mark.parametrize("flags, vnni", [("fpu sse2 avx2 fma", False), ("avx2 avx512f avx512_vnni", True),
+                                         ("avx2 avx_vnni", True)])
+def test_vnni_is_read_from_cpuinfo_flags(monkeypatch, tmp_path, flags, vnni):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    real_open = open
+    monkeypatch.setattr(hostcpu.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
+    hostcpu.integer_kernels.cache_clear()
+    try:
+        kernels = hostcpu.integer_kernels()
+    finally:
+        hostcpu.integer_kernels.cache_clear()
+    assert kernels == hostcpu.IntegerKernels(x86=True, vnni=vnni)
+    assert kernels.u8s8_saturates is not vnni
+
+
+def test_non_x86_never_saturates(monkeypatch):
+    monkeypatch.setattr(hostcpu.platform, "machine", lambda: "aarch64")
+    hostcpu.integer_kernels.cache_clear()
+    try:
+        assert not hostcpu.integer_kernels().u8s8_saturates
+    finally:
+        hostcpu.integer_kernels.cache_clear()
+
+
+def test_unknown_x86_is_treated_as_saturating():
+    assert hostcpu.IntegerKernels(x86=True, vnni=None).u8s8_saturates
+    assert "unknown" in hostcpu.IntegerKernels(x86=True, vnni=None).describe()
+
+
+# ---------------------------------------------------------------- int8 (static)
+
+
+def test_auto_uses_7_bit_weights_without_vnni(host):
+    host(AVX2)
+    quantized, report = run_int8(conv_stack(), context())
+    assert widest(quantized) <= 64
+    assert report.figures["weights"] == "int8 7-bit per-channel"
+    assert report.figures["reduce_range"] == "7-bit weights (auto: x86 CPU without VNNI (AVX2 int16 u8×s8 kernels))"
+    assert not report.warnings
+
+
+@pytest.mark.parametrize("kernels", [VNNI, ARM])
+def test_auto_keeps_8_bit_weights_where_nothing_saturates(host, kernels):
+    host(kernels)
+    quantized, report = run_int8(conv_stack(), context())
+    assert widest(quantized) == 127  # symmetric per-channel: every channel's largest weight maps to ±127
+    assert report.figures["weights"] == "int8 per-channel"
+    assert report.figures["reduce_range"].startswith("8-bit weights (auto:")
+
+
+def test_auto_keeps_8_bits_for_int8_activations(host):
+    """s8×s8 kernels take another path with no int16 pair sums: nothing to avoid."""
+    host(AVX2)
+    quantized, report = run_int8(conv_stack(), context(), activations="int8")
+    assert widest(quantized) == 127
+    assert report.figures["reduce_range"].startswith("8-bit")
+
+
+def test_forcing_8_bits_on_a_saturating_cpu_warns(host):
+    host(AVX2)
+    quantized, report = run_int8(conv_stack(), context(), reduce_range=False)
+    assert widest(quantized) == 127
+    assert report.figures["reduce_range"] == "8-bit weights (reduce_range=false)"
+    assert any("saturate" in w and "reduce_range=true" in w for w in report.warnings)
+
+
+def test_forcing_7_bits_on_a_vnni_cpu(host):
+    host(VNNI)
+    quantized, report = run_int8(conv_stack(), context(), reduce_range=True)
+    assert widest(quantized) <= 64
+    assert not report.warnings
+
+
+def test_7_bit_scales_cover_the_same_range(host):
+    """7 bits halve the integer range, so each weight scale (about) doubles: dequantized weights agree."""
+    host(VNNI)
+    eight, _ = run_int8(conv_stack(), context(), reduce_range=False)
+    seven, _ = run_int8(conv_stack(), context(), reduce_range=True)
+
+    def conv2_weight(model):
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        conv2 = next(n for n in model.graph.node if n.name == "conv2")
+        dq = dq_producers(model)[conv2.input[1]]
+        scale = inits[dq.input[1]].astype(np.float64)
+        return inits[dq.input[0]].astype(np.float64) * scale.reshape(-1, 1, 1, 1), scale
+
+    (w8, s8), (w7, s7) = conv2_weight(eight), conv2_weight(seven)
+    np.testing.assert_allclose(s7 / s8, 2.0, rtol=0.02)
+    error = np.abs(w8 - w7).reshape(8, -1).max(1)
+    assert np.all(error <= (s7 + s8) / 2 + 1e-7)  # each is within half a step of the float weight
+
+
+@pytest.mark.parametrize("raw, expected", [("auto", "auto"), ("true", True), ("false", False), (True, True)])
+def test_reduce_range_spec_values(raw, expected):
+    assert build_options(get("int8"), {"reduce_range": raw}).reduce_range == expected
+    assert build_options(get("int8-dynamic"), {"reduce_range": raw}).reduce_range == expected
+
+
+def test_reduce_range_rejects_other_values():
+    with pytest.raises(UsageError, match="reduce_range"):
+        build_options(get("int8"), {"reduce_range": "sometimes"})
+
+
+# ---------------------------------------------------------------- int8-dynamic
+
+
+def test_dynamic_auto_uses_7_bit_weights_without_vnni(host):
+    host(AVX2)
+    quantized, report = run_dynamic(mlp())
+    assert int8_weights(quantized) and widest(quantized) <= 64
+    assert report.figures["reduce_range"].startswith("7-bit weights (auto:")
+
+
+def test_dynamic_auto_keeps_8_bits_with_vnni(host):
+    host(VNNI)
+    quantized, report = run_dynamic(mlp())
+    assert widest(quantized) > 64
+    assert report.figures["reduce_range"].startswith("8-bit weights (auto:")
