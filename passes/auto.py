@@ -580,7 +580,9 @@ class _Search:
         fingerprint = getattr(self.evaluator, "data_fingerprint", None)
         if not fingerprint or not self.options.cache:
             return None
-        return _hash("score", self.model_hash, fingerprint, split, limit, [(s.name, _jsonable(s.options)) for s in specs])
+        # the CPU is part of the key: integer kernels differ between CPUs (u8×s8 saturates without VNNI)
+        return _hash("score", self.model_hash, fingerprint, split, limit, _machine(),
+                     [(s.name, _jsonable(s.options)) for s in specs])
 
     # ------------------------------------------------------------------ run
 
