@@ -416,7 +416,7 @@ def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
         why = f"auto: {kernels.describe()}"
     else:
         why = "reduce_range=" + ("true" if chosen else "false")
-    report.figures["reduce_range"] = ("7-bit weights" if chosen else "8-bit weights") + f" ({why})"
+    report.figures["reduce_range"] = ("on" if chosen else "off") + f" ({why})"
     if at_risk and not chosen:
         report.warn(f"this is an {kernels.describe()}: u8×s8 products may saturate int16 and cost accuracy "
                     "here; reduce_range=true (7-bit weights) avoids it — keep 8 bits only for a VNNI target")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, numpy_helper
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import hostcpu
 from onnxopt.errors import UsageError
 from onnxopt.registry import build_options, get
+from tests.helpers import make_model
 from tests.quant.models import conv_stack
 from tests.quant.test_int8 import context, dq_producers, run_int8
 from tests.quant.test_int8_dynamic import mlp, run_dynamic
@@ -73,45 +75,110 @@ def test_unknown_x86_is_treated_as_saturating():
 # ---------------------------------------------------------------- int8 (static)
 
 
-def test_auto_uses_7_bit_weights_without_vnni(host):
+def signed_batches():
+    """Calibration data in [-1, 1): conv1's input is signed (a uint8 zero point near 128)."""
+    def batches():
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            yield {"x": rng.uniform(-1, 1, (8, 3, 8, 8)).astype(np.float32)}
+    return batches
+
+
+def width_by_node(model) -> dict[str, int]:
+    """Node name -> the largest |int8 code| of its weight."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = dq_producers(model)
+    widths = {}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and node.input[1] in producers:
+            codes = inits[producers[node.input[1]].input[0]]
+            if codes.dtype == np.int8:
+                widths[node.name] = int(np.abs(codes.astype(np.int32)).max())
+    return widths
+
+
+def test_auto_uses_7_bits_only_where_products_can_saturate(host):
+    """Without VNNI: 7 bits for the Gemm/MatMul and the conv reading signed data; a conv
+    reading a ReLU output (zero point 0, small codes) keeps 8 bits."""
     host(AVX2)
-    quantized, report = run_int8(conv_stack(), context())
-    assert widest(quantized) <= 64
-    assert report.figures["weights"] == "int8 7-bit per-channel"
-    assert report.figures["reduce_range"] == "7-bit weights (auto: x86 CPU without VNNI (AVX2 int16 u8×s8 kernels))"
+    quantized, report = run_int8(conv_stack(), context(signed_batches()))
+    widths = width_by_node(quantized)
+    assert widths["conv1"] <= 64 and widths["fc"] <= 64 and widths["head"] <= 64
+    assert widths["conv2"] == 127
+    assert report.figures["weights"] == "int8 per-channel (3 of 4 7-bit)"
+    assert report.figures["reduce_range"] == ("on (auto: x86 CPU without VNNI (AVX2 int16 u8×s8 kernels)); "
+                                              "3 of 4 weights 7-bit")
     assert not report.warnings
+
+
+def test_auto_gives_7_bits_to_a_conv_whose_non_negative_input_fills_its_range(host):
+    """Pixels in [0, 1): no zero point, but half the codes are >= 128 — they saturate too."""
+    host(AVX2)
+    quantized, report = run_int8(conv_stack(), context())  # uniform data in [0, 1)
+    widths = width_by_node(quantized)
+    assert widths["conv1"] <= 64 and widths["conv2"] == 127
+    assert report.figures["weights"] == "int8 per-channel (3 of 4 7-bit)"
 
 
 @pytest.mark.parametrize("kernels", [VNNI, ARM])
 def test_auto_keeps_8_bit_weights_where_nothing_saturates(host, kernels):
     host(kernels)
-    quantized, report = run_int8(conv_stack(), context())
+    quantized, report = run_int8(conv_stack(), context(signed_batches()))
     assert widest(quantized) == 127  # symmetric per-channel: every channel's largest weight maps to ±127
+    assert set(width_by_node(quantized).values()) == {127}
     assert report.figures["weights"] == "int8 per-channel"
-    assert report.figures["reduce_range"].startswith("8-bit weights (auto:")
+    assert report.figures["reduce_range"].startswith("off (auto:")
 
 
 def test_auto_keeps_8_bits_for_int8_activations(host):
     """s8×s8 kernels take another path with no int16 pair sums: nothing to avoid."""
     host(AVX2)
-    quantized, report = run_int8(conv_stack(), context(), activations="int8")
-    assert widest(quantized) == 127
-    assert report.figures["reduce_range"].startswith("8-bit")
+    quantized, report = run_int8(conv_stack(), context(signed_batches()), activations="int8")
+    assert set(width_by_node(quantized).values()) == {127}
+    assert report.figures["reduce_range"].startswith("off")
 
 
 def test_forcing_8_bits_on_a_saturating_cpu_warns(host):
     host(AVX2)
-    quantized, report = run_int8(conv_stack(), context(), reduce_range=False)
-    assert widest(quantized) == 127
-    assert report.figures["reduce_range"] == "8-bit weights (reduce_range=false)"
+    quantized, report = run_int8(conv_stack(), context(signed_batches()), reduce_range=False)
+    assert set(width_by_node(quantized).values()) == {127}
+    assert report.figures["reduce_range"] == "off (reduce_range=false)"
     assert any("saturate" in w and "reduce_range=true" in w for w in report.warnings)
 
 
-def test_forcing_7_bits_on_a_vnni_cpu(host):
+def test_forcing_7_bits_quantizes_every_dense_weight_to_7_bits(host):
     host(VNNI)
     quantized, report = run_int8(conv_stack(), context(), reduce_range=True)
-    assert widest(quantized) <= 64
+    assert max(width_by_node(quantized).values()) <= 64  # conv2 too, although it reads a ReLU output
+    assert report.figures["weights"] == "int8 per-channel (4 of 4 7-bit)"
     assert not report.warnings
+
+
+def depthwise_model() -> onnx.ModelProto:
+    """Conv(3→8) → depthwise Conv(8, 3×3, group 8) on signed data."""
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 1, 1)) * 0.3).astype(np.float32), "pw"),
+             numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32), "dw"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "dw_b")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "pw"], ["p"], name="pointwise"),
+         helper.make_node("Conv", ["p", "dw", "dw_b"], ["y"], name="depthwise", group=8, pads=[1, 1, 1, 1])],
+        "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    return make_model(graph)
+
+
+@pytest.mark.parametrize("choice", ["auto", True])
+def test_depthwise_weights_keep_8_bits(host, choice):
+    """onnxruntime's depthwise kernel widens to int16 before multiplying: it cannot saturate."""
+    host(AVX2)
+    quantized, _ = run_int8(depthwise_model(), context(signed_batches()), reduce_range=choice)
+    widths = width_by_node(quantized)
+    assert widths["pointwise"] <= 64  # reads the signed input
+    assert widths["depthwise"] == 127
+    inits = {t.name: t for t in quantized.graph.initializer}
+    dq = dq_producers(quantized)[next(n for n in quantized.graph.node if n.name == "depthwise").input[1]]
+    assert list(inits[dq.input[1]].dims) == [8]  # still one scale per channel (the override names the axis)
 
 
 def test_7_bit_scales_cover_the_same_range(host):
@@ -151,11 +218,11 @@ def test_dynamic_auto_uses_7_bit_weights_without_vnni(host):
     host(AVX2)
     quantized, report = run_dynamic(mlp())
     assert int8_weights(quantized) and widest(quantized) <= 64
-    assert report.figures["reduce_range"].startswith("7-bit weights (auto:")
+    assert report.figures["reduce_range"].startswith("on (auto:")
 
 
 def test_dynamic_auto_keeps_8_bits_with_vnni(host):
     host(VNNI)
     quantized, report = run_dynamic(mlp())
     assert widest(quantized) > 64
-    assert report.figures["reduce_range"].startswith("8-bit weights (auto:")
+    assert report.figures["reduce_range"].startswith("off (auto:")
