@@ -42,12 +42,15 @@ ImageNet photos, 100 others for calibration; ``benchmarks/quantize.py``):
   0.69× on the AVX2 one (u8 weights: 1.0×) — x86 integer kernels are built for u8×s8
   (``vpdpbusd`` with VNNI, ``vpmaddubsw`` without); s8 activations take a slower path. Use
   int8 activations only for targets that want symmetric activations (GPU/TensorRT, ARM).
-* ``reduce_range=auto``: 7-bit weights on x86 CPUs without VNNI, 8 bits elsewhere. Without
-  VNNI, onnxruntime's u8×s8 kernels add pairs of products into a saturating int16
-  (:mod:`onnxopt.hostcpu`); on an AVX2 AMD EPYC, ResNet-56 with 8-bit weights agreed with
-  FP32 on 0.87 of 400 photos (KL 0.165), with 7-bit weights 0.96 (KL 0.017), at the same
-  speed. The quantized model is portable either way; 7 bits cost a little accuracy on a
-  VNNI CPU, so quantize for such a target with ``reduce_range=false``.
+* ``reduce_range=auto``: on x86 CPUs without VNNI, 7-bit weights for the layers whose
+  products can saturate; 8 bits everywhere else. Without VNNI, onnxruntime's u8×s8
+  kernels add pairs of products into a saturating int16 (:mod:`onnxopt.hostcpu`); on an
+  AVX2 AMD EPYC, ResNet-56 with 8-bit weights agreed with FP32 on 0.87 of 400 photos (KL
+  0.165), with 7-bit weights 0.96 (KL 0.017), at the same speed. Depthwise convolutions
+  and convolutions reading mostly small non-negative codes (ReLU outputs) keep 8 bits
+  (``_weights_kept_at_8_bits``: KL 0.0128). ``reduce_range=true`` makes every dense
+  weight 7-bit, ``false`` none. The quantized model runs anywhere either way; quantizing
+  on one CPU for another, set it for the target.
 * ``per_channel=true``: MobileNetV2 top-1 0.828 per-channel vs 0.800 per-tensor (its
   depthwise kernels vary a lot between channels), at a small speed cost.
 * ``method=percentile``, ``percentile=99.995`` (the range covers 99.995 % of |x|): the
@@ -124,7 +127,7 @@ class QuantizeStaticOptions:
     weights: Literal["int8", "uint8"] = option("int8", "weight type")
     reduce_range: bool | Literal["auto"] = option(
         "auto", "7-bit weights, so that u8xs8 kernels cannot saturate on x86 CPUs without VNNI; "
-        "auto: where this CPU lacks VNNI and activations=uint8, weights=int8")
+        "auto: on such a CPU, for the layers whose products can saturate")
     calib: Literal["data", "random"] = option(
         "data", "calibration source: data (--data) or random (seeded noise; only for testing speed)")
     preprocess: bool = option(True, "run onnxruntime's quant_pre_process (shape inference, graph optimization) first")
@@ -153,6 +156,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         unchanged = qc.unchanged(model)
         self._force_per_tensor = False
         self._probe: qc.Feeds | None = None
+        self._upper_shares: dict[str, float] = {}
         original, reason = qc.quantizable_proto(model, self.name)
         if original is None:
             self.report.skip_pass(reason)
