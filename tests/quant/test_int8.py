@@ -63,7 +63,7 @@ def test_per_channel_weights_have_one_scale_per_output_channel():
     assert {a.name: a.i for a in dq.attribute}.get("axis", None) == 0
     assert list(inits[dq.input[1]].dims) == [8]  # one scale per output channel
     _, per_tensor = run_int8(conv_stack(), context(), per_channel=False)
-    assert per_tensor.figures["weights"].startswith("int8 per-tensor")  # "(2 of 4 7-bit)" on a host without VNNI
+    assert per_tensor.figures["weights"] == "int8 per-tensor"
 
 
 def test_defaults_are_uint8_activations_int8_weights():
@@ -76,7 +76,7 @@ def test_defaults_are_uint8_activations_int8_weights():
     assert activation_zp.data_type == onnx.TensorProto.UINT8
     assert weight_zp.data_type == onnx.TensorProto.INT8
     assert report.figures["activations"] == "uint8"
-    assert report.figures["weights"].startswith("int8 per-channel")  # "(2 of 4 7-bit)" on a host without VNNI
+    assert report.figures["weights"] == "int8 per-channel"
 
 
 def test_exclude_by_name_glob_and_op_type():
@@ -307,7 +307,7 @@ def _cifar_images(count: int, raw: bool) -> list[np.ndarray]:
     return out
 
 
-def test_vgg_style_cifar10_keras_traps():
+def test_vgg_style_cifar10_keras_traps(real_cpu):
     """Colliding '<tensor>_scale' names (an invalid model before) and Gemm layers per-channel."""
     path = shared_model("vgg_style_cifar10.onnx")
     if not (SHARED_IMAGES / "imagenet").exists():
@@ -341,7 +341,7 @@ def test_calibration_data_the_model_cannot_run_is_a_one_line_input_error():
     assert "\n" not in str(excinfo.value)
 
 
-def test_resnet20_int8_defaults_keep_agreement_on_this_cpu():
+def test_resnet20_int8_defaults_keep_agreement_on_this_cpu(real_cpu):
     """The defaults suit the host: without VNNI, 8-bit weights saturated u8×s8 kernels here
     (an AVX2 EPYC: agreement 0.85, softmax KL 0.19 on 400 photos; 7-bit 0.94 / 0.021)."""
     path = shared_model("resnet20_cifar10.onnx")

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import hostcpu
 from onnxopt.errors import UsageError
+from onnxopt.passbase import PassContext
 from onnxopt.registry import build_options, get
 from tests.helpers import make_model
 from tests.quant.models import conv_stack
@@ -43,7 +44,7 @@ def widest(model) -> int:
 
 @pytest.mark.parametrize("flags, vnni", [("fpu sse2 avx2 fma", False), ("avx2 avx512f avx512_vnni", True),
                                          ("avx2 avx_vnni", True)])
-def test_vnni_is_read_from_cpuinfo_flags(monkeypatch, tmp_path, flags, vnni):
+def test_vnni_is_read_from_cpuinfo_flags(monkeypatch, tmp_path, flags, vnni, real_cpu):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     real_open = open
@@ -58,7 +59,7 @@ def test_vnni_is_read_from_cpuinfo_flags(monkeypatch, tmp_path, flags, vnni):
     assert kernels.u8s8_saturates is not vnni
 
 
-def test_non_x86_never_saturates(monkeypatch):
+def test_non_x86_never_saturates(monkeypatch, real_cpu):
     monkeypatch.setattr(hostcpu.platform, "machine", lambda: "aarch64")
     hostcpu.integer_kernels.cache_clear()
     try:
@@ -98,26 +99,58 @@ def width_by_node(model) -> dict[str, int]:
 
 
 def test_auto_uses_7_bits_only_where_products_can_saturate(host):
-    """Without VNNI: 7 bits for the Gemm/MatMul and the conv reading signed data; a conv
-    reading a ReLU output (zero point 0, small codes) keeps 8 bits."""
+    """Without VNNI: 7 bits for the Gemm/MatMul; a conv reading a ReLU output (zero point 0,
+    small codes) keeps 8 bits; the 3-channel stem reading signed data stays float."""
     host(AVX2)
     quantized, report = run_int8(conv_stack(), context(signed_batches()))
     widths = width_by_node(quantized)
-    assert widths["conv1"] <= 64 and widths["fc"] <= 64 and widths["head"] <= 64
-    assert widths["conv2"] == 127
-    assert report.figures["weights"] == "int8 per-channel (3 of 4 7-bit)"
+    assert "conv1" not in widths and widths["conv2"] == 127
+    assert widths["fc"] <= 64 and widths["head"] <= 64
+    reasons = {s["node"]: s["reason"] for s in report.skipped}
+    assert reasons["conv1"].startswith("image stem (3 input channels) left in float")
+    assert report.figures["weights"] == "int8 per-channel (2 of 3 7-bit)"
     assert report.figures["reduce_range"] == ("on (auto: x86 CPU without VNNI (AVX2 int16 u8×s8 kernels)); "
-                                              "3 of 4 weights 7-bit")
+                                              "2 of 3 weights 7-bit")
+    assert report.figures["excluded_nodes"] == 1
     assert not report.warnings
 
 
-def test_auto_gives_7_bits_to_a_conv_whose_non_negative_input_fills_its_range(host):
-    """Pixels in [0, 1): no zero point, but half the codes are >= 128 — they saturate too."""
+def wide_input_conv() -> onnx.ModelProto:
+    """Conv(8→8, 3×3) → Relu → Conv(8→8, 3×3): no stem (8 input channels)."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 8, 3, 3)) * 0.2).astype(np.float32), name)
+             for name in ("w1", "w2")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", pads=[1, 1, 1, 1])],
+        "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    return make_model(graph)
+
+
+def batches_of(low: float, channels: int = 8):
+    def batches():
+        rng = np.random.default_rng(1)
+        for _ in range(4):
+            yield {"x": rng.uniform(low, 1, (8, channels, 8, 8)).astype(np.float32)}
+    return batches
+
+
+@pytest.mark.parametrize("low", [0.0, -1.0])
+def test_auto_gives_7_bits_to_a_conv_whose_input_fills_its_range(host, low):
+    """Data in [0, 1) has no zero point, but half its codes are >= 128: they saturate too."""
     host(AVX2)
-    quantized, report = run_int8(conv_stack(), context())  # uniform data in [0, 1)
-    widths = width_by_node(quantized)
-    assert widths["conv1"] <= 64 and widths["conv2"] == 127
-    assert report.figures["weights"] == "int8 per-channel (3 of 4 7-bit)"
+    quantized, report = run_int8(wide_input_conv(), PassContext(calibration=batches_of(low)))
+    assert width_by_node(quantized)["conv1"] <= 64  # 8 input channels: not a stem, so 7-bit rather than float
+    assert report.figures["excluded_nodes"] == 0
+
+
+def test_explicit_reduce_range_quantizes_the_stem_too(host):
+    host(AVX2)
+    quantized, report = run_int8(conv_stack(), context(signed_batches()), reduce_range=True)
+    assert max(width_by_node(quantized).values()) <= 64 and "conv1" in width_by_node(quantized)
+    assert report.figures["excluded_nodes"] == 0
 
 
 @pytest.mark.parametrize("kernels", [VNNI, ARM])
@@ -155,15 +188,15 @@ def test_forcing_7_bits_quantizes_every_dense_weight_to_7_bits(host):
 
 
 def depthwise_model() -> onnx.ModelProto:
-    """Conv(3→8) → depthwise Conv(8, 3×3, group 8) on signed data."""
+    """Conv(8→8, 1×1) → depthwise Conv(8, 3×3, group 8) on signed data."""
     rng = np.random.default_rng(2)
-    inits = [numpy_helper.from_array((rng.standard_normal((8, 3, 1, 1)) * 0.3).astype(np.float32), "pw"),
+    inits = [numpy_helper.from_array((rng.standard_normal((8, 8, 1, 1)) * 0.3).astype(np.float32), "pw"),
              numpy_helper.from_array((rng.standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32), "dw"),
              numpy_helper.from_array(np.zeros(8, np.float32), "dw_b")]
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "pw"], ["p"], name="pointwise"),
          helper.make_node("Conv", ["p", "dw", "dw_b"], ["y"], name="depthwise", group=8, pads=[1, 1, 1, 1])],
-        "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
     return make_model(graph)
 
@@ -172,7 +205,7 @@ def depthwise_model() -> onnx.ModelProto:
 def test_depthwise_weights_keep_8_bits(host, choice):
     """onnxruntime's depthwise kernel widens to int16 before multiplying: it cannot saturate."""
     host(AVX2)
-    quantized, _ = run_int8(depthwise_model(), context(signed_batches()), reduce_range=choice)
+    quantized, _ = run_int8(depthwise_model(), PassContext(calibration=batches_of(-1.0)), reduce_range=choice)
     widths = width_by_node(quantized)
     assert widths["pointwise"] <= 64  # reads the signed input
     assert widths["depthwise"] == 127

@@ -1,0 +1,23 @@
+"""The INT8 defaults depend on the host CPU (``onnxopt.hostcpu``: 7-bit weights and float
+stems where u8×s8 kernels saturate). The unit tests here pin a VNNI CPU so that they
+assert the same structure everywhere; ``tests/quant/test_reduce_range.py`` pins the
+other kinds, and tests that take the ``real_cpu`` fixture (the real-model ones) run
+with this machine's own CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from onnxopt import hostcpu
+
+
+@pytest.fixture
+def real_cpu():
+    """Run with the host's real integer-kernel facts."""
+    return hostcpu.integer_kernels()
+
+
+@pytest.fixture(autouse=True)
+def _pinned_cpu(request, monkeypatch):
+    if "real_cpu" not in request.fixturenames:
+        monkeypatch.setattr(hostcpu, "integer_kernels", lambda: hostcpu.IntegerKernels(x86=True, vnni=True))
