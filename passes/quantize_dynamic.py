@@ -69,7 +69,7 @@ class QuantizeDynamicOptions:
     exclude: tuple[str, ...] = option((), "node-name globs or op types to leave in float")
     reduce_range: bool | Literal["auto"] = option(
         "auto", "7-bit weights, so that u8xs8 kernels cannot saturate on x86 CPUs without VNNI; "
-        "auto: where this CPU lacks VNNI and weights=int8")
+        "auto: where this CPU lacks VNNI and weights=int8 (activations are dynamic: every weight)")
 
     def __post_init__(self):
         if not self.op_types:

@@ -46,11 +46,12 @@ ImageNet photos, 100 others for calibration; ``benchmarks/quantize.py``):
   products can saturate; 8 bits everywhere else. Without VNNI, onnxruntime's u8×s8
   kernels add pairs of products into a saturating int16 (:mod:`onnxopt.hostcpu`); on an
   AVX2 AMD EPYC, ResNet-56 with 8-bit weights agreed with FP32 on 0.87 of 400 photos (KL
-  0.165), with 7-bit weights 0.96 (KL 0.017), at the same speed. Depthwise convolutions
+  0.165), with 7-bit weights 0.95 (KL 0.017), at the same speed. Depthwise convolutions
   and convolutions reading mostly small non-negative codes (ReLU outputs) keep 8 bits
-  (``_weights_kept_at_8_bits``: KL 0.0128). ``reduce_range=true`` makes every dense
-  weight 7-bit, ``false`` none. The quantized model runs anywhere either way; quantizing
-  on one CPU for another, set it for the target.
+  (``_weights_kept_at_8_bits``: KL 0.0128), and an image stem that would need 7 bits stays
+  float (``_float_stems``: KL 0.0104). ``reduce_range=true`` applies this whatever the
+  host, ``false`` keeps 8 bits everywhere: the quantized model runs anywhere either way,
+  so quantizing on one CPU for another, set it for the target.
 * ``per_channel=true``: MobileNetV2 top-1 0.828 per-channel vs 0.800 per-tensor (its
   depthwise kernels vary a lot between channels), at a small speed cost.
 * ``method=percentile``, ``percentile=99.995`` (the range covers 99.995 % of |x|): the
@@ -128,8 +129,8 @@ class QuantizeStaticOptions:
         "uint8", "activation type: uint8 is the fast path on x86 (int8 ran 0.68x on ResNet-56 here)")
     weights: Literal["int8", "uint8"] = option("int8", "weight type")
     reduce_range: bool | Literal["auto"] = option(
-        "auto", "7-bit weights, so that u8xs8 kernels cannot saturate on x86 CPUs without VNNI; "
-        "auto: on such a CPU, for the layers whose products can saturate")
+        "auto", "true: 7-bit weights (image stems float) where u8xs8 products can saturate, as x86 CPUs "
+        "without VNNI need; false: 8 bits everywhere; auto: true on such a CPU")
     calib: Literal["data", "random"] = option(
         "data", "calibration source: data (--data) or random (seeded noise; only for testing speed)")
     preprocess: bool = option(True, "run onnxruntime's quant_pre_process (shape inference, graph optimization) first")
@@ -181,7 +182,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             u8s8 = self.options.activations == "uint8" and self.options.weights == "int8"
             self._reduce_range = qc.choose_reduce_range(self.options.reduce_range, u8s8, self.report)
             self._seven_bit = (0, 0)
-            if self._reduce_range and self.options.reduce_range == "auto":
+            if self._reduce_range:
                 excluded.update(self._float_stems(prepared, ranges, excluded))
             self._full_range = self._weights_kept_at_8_bits(prepared, ranges, excluded) if self._reduce_range else set()
             quantized = self._quantize_with_fallbacks(path, prepared, ranges, excluded)
@@ -379,8 +380,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         return None
 
     def _float_stems(self, prepared: onnx.ModelProto, ranges, excluded: dict[str, str]) -> dict[str, str]:
-        """Under ``reduce_range=auto`` on a CPU whose u8×s8 kernels saturate: image stems
-        (convolutions with at most 4 input channels) whose input fills its range stay float.
+        """Under ``reduce_range`` (a CPU whose u8×s8 kernels saturate): image stems — convolutions
+        with at most 4 input channels reading a graph input, directly or through element-wise
+        preprocessing — whose input fills its range stay float.
 
         Their weights would need 7 bits, which costs more accuracy there than anywhere —
         a dot product of 27 terms averages little rounding away, and every later layer
@@ -396,9 +398,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             if node.name in excluded or shape is None or len(shape) < 2 or shape[1] > _STEM_CHANNELS:
                 continue
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            if group == 1 and not self._small_codes(ranges, node.input[0]):
-                stems[node.name] = (f"image stem ({shape[1]} input channels) left in float: this CPU's u8×s8 kernels "
-                                    "saturate and 7-bit weights cost accuracy here (reduce_range=auto)")
+            if group == 1 and _reads_graph_input(prepared, node.input[0]) and not self._small_codes(ranges, node.input[0]):
+                stems[node.name] = (f"image stem ({shape[1]} input channels) left in float: u8×s8 kernels without "
+                                    "VNNI saturate and 7-bit weights cost accuracy here (reduce_range)")
         return stems
 
     def _small_codes(self, ranges, tensor: str) -> bool:
@@ -410,8 +412,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
     def _weights_kept_at_8_bits(self, prepared: onnx.ModelProto, ranges, excluded: dict[str, str]) -> set[str]:
         """Under ``reduce_range``, the weights that stay 8-bit, and the figure that says so.
 
-        Always the depthwise convolutions' (their kernel cannot saturate). With ``auto``
-        also the convolutions whose input is never negative *and* rarely large — at most
+        The depthwise convolutions' (their kernel cannot saturate), and the convolutions whose input is never negative *and* rarely large — at most
         5 % of its calibration values in the upper half of the range (ReLU outputs: 0.1–2.7 %
         on ResNet-56 and MobileNetV2): a pair of u8·s8 products reaches int16's limit only
         when both codes are large (≥ 128 or so) and both weights too. Signed inputs and
@@ -422,17 +423,17 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         (agreement 0.958 → 0.965); 8 bits everywhere: 0.165 and 0.24. ``method=minmax``
         keeps no histogram, so there every dense weight gets 7 bits.
         """
-        weights = {n.input[1]: n for n in prepared.graph.node
-                   if n.op_type in _WEIGHT_OPS and len(n.input) > 1 and n.name not in excluded}
-        keep = _depthwise_weights(prepared) & set(weights)
-        if self.options.reduce_range == "auto":
-            for name, node in weights.items():
-                # Conv only: its per-channel axis is 0 for any shape (an override must name it)
-                if node.op_type == "Conv" and self._small_codes(ranges, node.input[0]):
-                    keep.add(name)
         initializers = {t.name for t in prepared.graph.initializer}
-        total = sum(1 for name in weights if name in initializers)
-        seven = sum(1 for name in weights if name in initializers and name not in keep)
+        weights = {n.input[1]: n for n in prepared.graph.node  # stored weights only: overrides need initializers
+                   if n.op_type in _WEIGHT_OPS and len(n.input) > 1 and n.input[1] in initializers
+                   and n.name not in excluded}
+        keep = _depthwise_weights(prepared) & set(weights)
+        for name, node in weights.items():
+            # Conv only: its per-channel axis is 0 for any shape (an override must name it)
+            if node.op_type == "Conv" and self._small_codes(ranges, node.input[0]):
+                keep.add(name)
+        total = len(weights)
+        seven = sum(1 for name in weights if name not in keep)
         self.report.figures["reduce_range"] += f"; {seven} of {total} weights 7-bit"
         self._seven_bit = (seven, total)
         return keep
@@ -514,6 +515,29 @@ def _upper_half_shares(histograms: dict, ranges) -> dict[str, float]:
         centres = (edges[:-1] + edges[1:]) / 2
         shares[name] = float(hist[centres >= highest / 2].sum() / hist.sum())
     return shares
+
+
+#: Element-wise ops an exporter puts between the image and the stem (layout, normalization).
+_PREPROCESSING_OPS = frozenset({"Transpose", "Cast", "Pad", "Identity", "Mul", "Add", "Sub", "Div", "Reshape"})
+
+
+def _reads_graph_input(proto: onnx.ModelProto, tensor: str) -> bool:
+    """Whether ``tensor`` is a graph input or computed from one by preprocessing ops only."""
+    constants = {t.name for t in proto.graph.initializer}
+    constants |= {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    inputs = {i.name for i in proto.graph.input} - constants
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for _ in range(16):  # a short chain; a stem sits right after the input
+        if tensor in inputs:
+            return True
+        node = producers.get(tensor)
+        if node is None or node.op_type not in _PREPROCESSING_OPS:
+            return False
+        variable = [i for i in node.input if i and i not in constants]
+        if len(variable) != 1:
+            return False
+        tensor = variable[0]
+    return False
 
 
 def _range_lowest(ranges, tensor: str) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -83,3 +84,41 @@ def test_a_failing_correction_keeps_the_quantized_model_and_warns(monkeypatch):
     assert report.skipped_reason is None and report.figures["bias_correction"] == "failed"
     assert any("bias correction failed (cannot run the error model)" in w for w in report.warnings)
     assert "QuantizeLinear" in {n.op_type for n in quantized.graph.node}
+
+
+def biased_rounding_gemm(trans_b: int, alpha: float) -> onnx.ModelProto:
+    """Gemm(x[N,16], B, C) with B's weights sitting 0.45 of a step above a level, as above;
+    every output column's largest weight is 127 steps, so per-tensor and per-channel
+    scales agree."""
+    rng = np.random.default_rng(1)
+    step = 0.01
+    weight = (rng.integers(5, 60, size=(16, 8)) + 0.45) * step  # [K, N]
+    weight[0, :] = 127 * step
+    b = weight.T if trans_b else weight
+    inits = [numpy_helper.from_array(b.astype(np.float32), "B"), numpy_helper.from_array(np.zeros(8, np.float32), "C")]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="fc", transB=trans_b, alpha=alpha)], "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])], inits)
+    return make_model(graph)
+
+
+@pytest.mark.parametrize("trans_b, alpha", [(0, 0.5), (1, 2.0)])
+def test_bias_correction_of_a_gemm(trans_b, alpha):
+    model = biased_rounding_gemm(trans_b, alpha)
+
+    def batches():
+        rng = np.random.default_rng(5)
+        for _ in range(4):
+            yield {"x": rng.random((8, 16), dtype=np.float32)}
+
+    data = PassContext(calibration=batches)
+    plain, _ = run_int8(model, data, bias_correction=False, reduce_range=False)
+    corrected, report = run_int8(model, data, reduce_range=False)
+    assert report.figures["bias_correction"].startswith("1 layers")
+    x = np.random.default_rng(9).random((64, 16), dtype=np.float32)
+    reference = run_ort(model, {"x": x})[0].astype(np.float64)
+    before = np.abs((run_ort(plain, {"x": x})[0] - reference).mean(0))
+    after = np.abs((run_ort(corrected, {"x": x})[0] - reference).mean(0))
+    assert before.min() > 0.01
+    assert after.max() < 0.3 * before.min()

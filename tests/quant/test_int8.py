@@ -240,8 +240,13 @@ def test_colliding_names_break_the_quantizer_without_the_rename(monkeypatch):
     assert "running it fails" in report.skipped_reason and "QuantizeLinear" in report.skipped_reason
 
 
-def test_per_channel_failure_falls_back_per_layer(monkeypatch):
-    """Where per-channel quantization fails on Gemm/MatMul weights, those go per-tensor."""
+@pytest.mark.parametrize("vnni", [True, False])
+def test_per_channel_failure_falls_back_per_layer(monkeypatch, vnni):
+    """Where per-channel quantization fails on Gemm/MatMul weights, those go per-tensor —
+    also with reduce_range's per-weight overrides in play (a CPU without VNNI)."""
+    from onnxopt import hostcpu
+
+    monkeypatch.setattr(hostcpu, "integer_kernels", lambda: hostcpu.IntegerKernels(x86=True, vnni=vnni))
     original = QuantizeStaticPass._quantize
 
     def failing(self, path, ranges, per_channel, excluded, overrides):
@@ -257,8 +262,11 @@ def test_per_channel_failure_falls_back_per_layer(monkeypatch):
     assert "per-channel quantization failed on fc_w" in fallbacks["fc"]["reason"]
     assert report.figures["per_channel_fallbacks"] == 2
     producers = dq_producers(quantized)
-    conv1 = next(n for n in quantized.graph.node if n.name == "conv1")
-    assert any(a.name == "axis" for a in producers[conv1.input[1]].attribute)  # convs stay per-channel
+    inits = {t.name: t for t in quantized.graph.initializer}
+    conv2 = next(n for n in quantized.graph.node if n.name == "conv2")
+    assert list(inits[producers[conv2.input[1]].input[1]].dims) == [8]  # convs stay per-channel
+    fc = next(n for n in quantized.graph.node if n.name == "fc")
+    assert list(inits[producers[fc.input[1]].input[1]].dims) in ([], [1])  # the Gemm went per-tensor
 
 
 def test_quantizer_failure_skips_the_pass(monkeypatch):

@@ -146,10 +146,24 @@ def test_auto_gives_7_bits_to_a_conv_whose_input_fills_its_range(host, low):
     assert report.figures["excluded_nodes"] == 0
 
 
-def test_explicit_reduce_range_quantizes_the_stem_too(host):
+def narrow_inner_conv() -> onnx.ModelProto:
+    """Conv(8→3, 1×1) → Conv(3→8, 3×3): the second has 3 input channels but no graph input."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array((rng.standard_normal((3, 8, 1, 1)) * 0.3).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32), "w2")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1"], ["n"], name="narrow"),
+         helper.make_node("Conv", ["n", "w2"], ["y"], name="inner", pads=[1, 1, 1, 1])],
+        "narrow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 8, 8])], inits)
+    return make_model(graph)
+
+
+def test_only_a_conv_reading_the_graph_input_is_a_stem(host):
     host(AVX2)
-    quantized, report = run_int8(conv_stack(), context(signed_batches()), reduce_range=True)
-    assert max(width_by_node(quantized).values()) <= 64 and "conv1" in width_by_node(quantized)
+    quantized, report = run_int8(narrow_inner_conv(), PassContext(calibration=batches_of(-1.0)))
+    widths = width_by_node(quantized)
+    assert widths["inner"] <= 64  # 3 input channels, signed, but inside the network: 7-bit, not float
     assert report.figures["excluded_nodes"] == 0
 
 
@@ -179,11 +193,16 @@ def test_forcing_8_bits_on_a_saturating_cpu_warns(host):
     assert any("saturate" in w and "reduce_range=true" in w for w in report.warnings)
 
 
-def test_forcing_7_bits_quantizes_every_dense_weight_to_7_bits(host):
+def test_reduce_range_true_applies_the_same_policy_on_any_host(host):
+    """For quantizing on a VNNI machine for an AVX2 target: what auto does on the target."""
+    host(AVX2)
+    on_target, target_report = run_int8(conv_stack(), context(signed_batches()))
     host(VNNI)
-    quantized, report = run_int8(conv_stack(), context(), reduce_range=True)
-    assert max(width_by_node(quantized).values()) <= 64  # conv2 too, although it reads a ReLU output
-    assert report.figures["weights"] == "int8 per-channel (4 of 4 7-bit)"
+    forced, report = run_int8(conv_stack(), context(signed_batches()), reduce_range=True)
+    assert width_by_node(forced) == width_by_node(on_target)
+    assert report.figures["weights"] == target_report.figures["weights"] == "int8 per-channel (2 of 3 7-bit)"
+    assert report.figures["reduce_range"] == "on (reduce_range=true); 2 of 3 weights 7-bit"
+    assert {s["node"] for s in report.skipped} == {"conv1"}
     assert not report.warnings
 
 
@@ -217,17 +236,18 @@ def test_depthwise_weights_keep_8_bits(host, choice):
 def test_7_bit_scales_cover_the_same_range(host):
     """7 bits halve the integer range, so each weight scale (about) doubles: dequantized weights agree."""
     host(VNNI)
-    eight, _ = run_int8(conv_stack(), context(), reduce_range=False)
-    seven, _ = run_int8(conv_stack(), context(), reduce_range=True)
+    data = PassContext(calibration=batches_of(-1.0))
+    eight, _ = run_int8(wide_input_conv(), data, reduce_range=False)
+    seven, _ = run_int8(wide_input_conv(), data, reduce_range=True)  # conv1 reads signed data: 7-bit
 
-    def conv2_weight(model):
+    def conv1_weight(model):
         inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        conv2 = next(n for n in model.graph.node if n.name == "conv2")
-        dq = dq_producers(model)[conv2.input[1]]
+        conv1 = next(n for n in model.graph.node if n.name == "conv1")
+        dq = dq_producers(model)[conv1.input[1]]
         scale = inits[dq.input[1]].astype(np.float64)
         return inits[dq.input[0]].astype(np.float64) * scale.reshape(-1, 1, 1, 1), scale
 
-    (w8, s8), (w7, s7) = conv2_weight(eight), conv2_weight(seven)
+    (w8, s8), (w7, s7) = conv1_weight(eight), conv1_weight(seven)
     np.testing.assert_allclose(s7 / s8, 2.0, rtol=0.02)
     error = np.abs(w8 - w7).reshape(8, -1).max(1)
     assert np.all(error <= (s7 + s8) / 2 + 1e-7)  # each is within half a step of the float weight
