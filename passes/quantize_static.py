@@ -48,8 +48,8 @@ ImageNet photos, 100 others for calibration; ``benchmarks/quantize.py``):
   AVX2 AMD EPYC, ResNet-56 with 8-bit weights agreed with FP32 on 0.87 of 400 photos (KL
   0.165), with 7-bit weights 0.95 (KL 0.017), at the same speed. Depthwise convolutions
   and convolutions reading mostly small non-negative codes (ReLU outputs) keep 8 bits
-  (``_weights_kept_at_8_bits``: KL 0.0128), and an image stem that would need 7 bits stays
-  float (``_float_stems``: KL 0.0104). ``reduce_range=true`` applies this whatever the
+  (``_weights_kept_at_8_bits``: KL 0.0128), and a cheap image stem (≤ 5 % of the MACs)
+  that would need 7 bits stays float (``_float_stems``: KL 0.0104). ``reduce_range=true`` applies this whatever the
   host, ``false`` keeps 8 bits everywhere: the quantized model runs anywhere either way,
   so quantizing on one CPU for another, set it for the target.
 * ``per_channel=true``: MobileNetV2 top-1 0.828 per-channel vs 0.800 per-tensor (its
