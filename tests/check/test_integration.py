@@ -32,8 +32,10 @@ def test_shared_models_have_no_error():
     paths = sorted(SHARED_MODELS.glob("*.onnx"))
     assert len(paths) >= 10
     document = _no_errors(paths)
-    slow = {e["path"]: e["seconds"] for e in document["files"] if e["seconds"] > 2.0}
-    assert not slow, f"check took over 2 s on {slow}"
+    # a bound that catches check running inference or benchmarking (tens of seconds), not
+    # machine noise: typical times are 0.01-0.5 s, EasyOCR's took 2.07 s once on a busy 2-core box
+    slow = {e["path"]: e["seconds"] for e in document["files"] if e["seconds"] > 10.0}
+    assert not slow, f"check took over 10 s on {slow}"
 
 
 @pytest.mark.skipif(not LIGHT.is_dir(), reason=f"the onnx package ships no light models here ({LIGHT})")
