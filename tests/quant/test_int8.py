@@ -315,20 +315,26 @@ def _cifar_images(count: int, raw: bool) -> list[np.ndarray]:
     return out
 
 
-def test_vgg_style_cifar10_keras_traps(real_cpu):
-    """Colliding '<tensor>_scale' names (an invalid model before) and Gemm layers per-channel."""
-    path = shared_model("vgg_style_cifar10.onnx")
+def _int8_on_photos(model_file: str, count: int, raw: bool):
+    """A shared CIFAR model quantized on the first 32 of ``count`` photos: (model, int8, report, the others)."""
+    path = shared_model(model_file)
     if not (SHARED_IMAGES / "imagenet").exists():
         pytest.skip("needs ../shared/images/imagenet")
     model = onnx.load(str(path))
-    images = np.stack(_cifar_images(48, raw=True))
+    images = np.stack(_cifar_images(count, raw=raw))
     calibration = PassContext(calibration=lambda: iter([{"input": images[:32]}]), calibration_description="32 photos")
     quantized, report = run_int8(model, calibration)
     assert report.skipped_reason is None
+    return model, quantized, report, images[32:]
+
+
+def test_vgg_style_cifar10_keras_traps(real_cpu):
+    """Colliding '<tensor>_scale' names (an invalid model before) and Gemm layers per-channel."""
+    model, quantized, report, evaluation = _int8_on_photos("vgg_style_cifar10.onnx", 48, raw=True)
     assert report.figures["renamed_initializers"] == 6
     assert report.figures["per_channel_fallbacks"] == 0  # onnxruntime 1.31 handles its Gemms per-channel
     onnx.checker.check_model(quantized)
-    feeds = {"input": images[32:]}
+    feeds = {"input": evaluation}
     reference = run_ort(model, feeds)[0].astype(np.float64) + 1e-6  # ReLU logits: many exact zeros
     candidate = run_ort(quantized, feeds)[0].astype(np.float64) + 1e-6
     cosines = (reference * candidate).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(candidate, axis=1)
@@ -352,15 +358,8 @@ def test_calibration_data_the_model_cannot_run_is_a_one_line_input_error():
 def test_resnet20_int8_defaults_keep_agreement_on_this_cpu(real_cpu):
     """The defaults suit the host: without VNNI, 8-bit weights saturated u8×s8 kernels here
     (an AVX2 EPYC: agreement 0.85, softmax KL 0.19 on 400 photos; 7-bit 0.94 / 0.021)."""
-    path = shared_model("resnet20_cifar10.onnx")
-    if not (SHARED_IMAGES / "imagenet").exists():
-        pytest.skip("needs ../shared/images/imagenet")
-    model = onnx.load(str(path))
-    images = np.stack(_cifar_images(128, raw=False))
-    calibration = PassContext(calibration=lambda: iter([{"input": images[:32]}]), calibration_description="32 photos")
-    quantized, report = run_int8(model, calibration)
-    assert report.skipped_reason is None
-    feeds = {"input": images[32:]}
+    model, quantized, report, evaluation = _int8_on_photos("resnet20_cifar10.onnx", 128, raw=False)
+    feeds = {"input": evaluation}
     reference, candidate = run_ort(model, feeds)[0], run_ort(quantized, feeds)[0]
 
     def log_softmax(x):
