@@ -339,16 +339,6 @@ def bench_model(key: str, spec: ModelSpec, min_time: float, label_of: dict[str, 
             "fp16": {"cosine_min": float(fp16_cos.min()), "cosine_mean": float(fp16_cos.mean()), "speed": fp16_speed}}
 
 
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as handle:
-            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(SPECS), help=f"comma-separated, from {', '.join(SPECS)}")
@@ -367,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from onnxopt import hostcpu
 
-    print(f"onnxruntime {onnxruntime.__version__}; {_cpu_name()}: {hostcpu.integer_kernels().describe()}; "
+    print(f"onnxruntime {onnxruntime.__version__}; {hostcpu.cpu_name()}: {hostcpu.integer_kernels().describe()}; "
           f"calibration: first {CALIBRATION} of {len(image_files())} photos (sorted by name); evaluation: the rest")
     label_of = labels()
     start = time.perf_counter()

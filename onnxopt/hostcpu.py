@@ -46,18 +46,24 @@ def integer_kernels() -> IntegerKernels:
     """The host's integer-kernel facts, read once."""
     if platform.machine().lower() not in _X86:
         return IntegerKernels(x86=False, vnni=False)
-    flags = _cpuinfo_flags()
+    flags = _cpuinfo_field("flags")
     if flags is not None:
-        return IntegerKernels(x86=True, vnni=bool(flags & _VNNI_FLAGS))
+        return IntegerKernels(x86=True, vnni=bool(set(flags.split()) & _VNNI_FLAGS))
     return IntegerKernels(x86=True, vnni=_numpy_vnni())
 
 
-def _cpuinfo_flags() -> set[str] | None:
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC"), for reports and cache keys."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def _cpuinfo_field(key: str) -> str | None:
+    """The first ``key : value`` of /proc/cpuinfo (Linux), else None."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
             for line in handle:
-                if line.startswith("flags"):
-                    return set(line.partition(":")[2].split())
+                if line.startswith(key):
+                    return line.partition(":")[2].strip()
     except OSError:
         return None
     return None

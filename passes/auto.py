@@ -92,7 +92,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +100,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt import irutil
+from onnxopt import hostcpu, irutil
 from onnxopt.errors import OnnxoptError, UsageError
 from onnxopt.passbase import CandidateScore, OptimizerPass, PassContext, option
 from onnxopt.registry import PassSpec, build_passes, register
@@ -396,17 +395,6 @@ def _hash(*parts: Any) -> str:
     return digest.hexdigest()[:32]
 
 
-def _machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # --------------------------------------------------------------------------- the pass
 
 
@@ -581,7 +569,7 @@ class _Search:
         if not fingerprint or not self.options.cache:
             return None
         # the CPU is part of the key: integer kernels differ between CPUs (u8×s8 saturates without VNNI)
-        return _hash("score", self.model_hash, fingerprint, split, limit, _machine(),
+        return _hash("score", self.model_hash, fingerprint, split, limit, hostcpu.cpu_name(),
                      [(s.name, _jsonable(s.options)) for s in specs])
 
     # ------------------------------------------------------------------ run
@@ -755,7 +743,7 @@ class _Search:
     def _latency_env(self) -> dict[str, Any]:
         import onnxruntime
 
-        return {"ort": onnxruntime.__version__, "cpu": _machine(), "threads": getattr(self.evaluator, "threads", None),
+        return {"ort": onnxruntime.__version__, "cpu": hostcpu.cpu_name(), "threads": getattr(self.evaluator, "threads", None),
                 "stat": self.latency_kw.get("statistic", "median"), "runs": self.options.latency_runs}
 
     def _quant_spec(self, exclude: tuple[str, ...] = ()) -> PassSpec:

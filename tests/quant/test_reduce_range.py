@@ -46,7 +46,7 @@ def widest(model) -> int:
                                          ("avx2 avx_vnni", True)])
 def test_vnni_is_read_from_cpuinfo_flags(monkeypatch, tmp_path, flags, vnni, real_cpu):
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: {flags}\n")
     real_open = open
     monkeypatch.setattr(hostcpu.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
@@ -57,6 +57,7 @@ def test_vnni_is_read_from_cpuinfo_flags(monkeypatch, tmp_path, flags, vnni, rea
         hostcpu.integer_kernels.cache_clear()
     assert kernels == hostcpu.IntegerKernels(x86=True, vnni=vnni)
     assert kernels.u8s8_saturates is not vnni
+    assert hostcpu.cpu_name() == "Test CPU 9000"  # the same file gives the name (reports, auto's cache keys)
 
 
 def test_non_x86_never_saturates(monkeypatch, real_cpu):
