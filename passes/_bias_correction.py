@@ -27,7 +27,6 @@ the uncorrected biases).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -35,9 +34,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-logger = logging.getLogger(__name__)
+from onnxopt.passbase import Feeds
 
-Feeds = dict[str, np.ndarray]
+from ._quant_common import attribute
+
 _OPS = ("Conv", "Gemm")
 _SUFFIX = "_onnxopt_weight_error"
 
@@ -127,7 +127,7 @@ def _dequantized(name: str, producer: dict, inits: dict) -> np.ndarray | None:
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
     zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 and dq.input[2] else 0.0
     if scale.size > 1:  # per-channel along ``axis``
-        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        axis = attribute(dq, "axis", 1)
         shape = [1] * q.ndim
         shape[axis] = -1
         scale = scale.reshape(shape)

@@ -185,8 +185,8 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             self._seven_bit = (0, 0)
             if self._reduce_range:
                 excluded.update(self._float_stems(prepared, ranges, excluded))
-            self._full_range = self._weights_kept_at_8_bits(prepared, ranges, excluded) if self._reduce_range else set()
-            quantized = self._quantize_with_fallbacks(path, prepared, ranges, excluded)
+            full_range = self._weights_kept_at_8_bits(prepared, ranges, excluded) if self._reduce_range else set()
+            quantized = self._quantize_with_fallbacks(path, prepared, ranges, excluded, full_range)
         if quantized is None:
             return unchanged
         if self.options.bias_correction:
@@ -340,7 +340,10 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
 
     # ------------------------------------------------------------ quantization
 
-    def _quantize_with_fallbacks(self, path: Path, prepared: onnx.ModelProto, ranges, excluded: dict[str, str]):
+    def _quantize_with_fallbacks(self, path: Path, prepared: onnx.ModelProto, ranges, excluded: dict[str, str],
+                                 full_range: set[str]):
+        """Quantize, falling back per-tensor where per-channel fails; ``full_range``: Conv
+        weights that keep 8 bits under ``reduce_range``."""
         per_channel = self.options.per_channel and not self._force_per_tensor
         weight_nodes = [n for n in prepared.graph.node if n.op_type in _WEIGHT_OPS and n.name not in excluded]
         initializers = {t.name for t in prepared.graph.initializer}
@@ -350,7 +353,6 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             if first:
                 attempts.append((True, first))
             attempts.append((False, weight_nodes))
-        full_range = self._full_range
         errors = []
         for use_per_channel, per_tensor_nodes in attempts:
             per_tensor = {n.input[1] for n in per_tensor_nodes if len(n.input) > 1 and n.input[1] in initializers}
@@ -402,7 +404,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             shape = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
             if node.name in excluded or shape is None or len(shape) < 2 or shape[1] > _STEM_CHANNELS:
                 continue
-            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            group = qc.attribute(node, "group", 1)
             if group != 1 or not _reads_graph_input(prepared, node.input[0]) or self._small_codes(ranges, node.input[0]):
                 continue
             macs = macs or self._mac_shares(prepared)
@@ -590,7 +592,7 @@ def _depthwise_weights(proto: onnx.ModelProto) -> set[str]:
     for node in proto.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in shapes:
             continue
-        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        group = qc.attribute(node, "group", 1)
         shape = shapes[node.input[1]]
         if group > 1 and len(shape) >= 2 and shape[0] == group and shape[1] == 1:
             found.add(node.input[1])
