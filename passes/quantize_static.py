@@ -391,9 +391,10 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         a dot product of 27 terms averages little rounding away, and every later layer
         inherits the error. Only where the stem holds at most 5 % of the model's MACs:
         float costs little there. Measured on the AVX2 CPU (400 photos, softmax KL against
-        FP32 / CPU-time speed-up; the stem's share of MACs): ResNet-56 (0.35 %) 0.0128 →
-        0.0104 (1.42× → 1.38×), MobileNetV2 (3.6 %) 0.0207 → 0.0195 (1.44× → 1.47×),
-        EfficientNet-Lite0 (2.8 %) 0.0089 → 0.0045 (1.50× → 1.52×); but the half-width
+        FP32 / CPU-time speed-up, 7-bit stem → float stem interleaved in one process; the
+        stem's share of MACs): ResNet-56 (0.35 %) 0.0128 → 0.0104 (1.42× → 1.39×),
+        MobileNetV2 (3.6 %) 0.0207 → 0.0195 (1.46× → 1.50×), EfficientNet-Lite0 (2.8 %)
+        0.0089 → 0.0045 (1.50× → 1.52×); but the half-width
         ResNet-50's 7×7 stem (11 %) ran 1.53× → 1.10× in float, for no accuracy to win
         (agreement 0.9975 either way).
         """
@@ -442,8 +443,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         5 % of its calibration values in the upper half of the range (ReLU outputs: 0.1–2.7 %
         on ResNet-56 and MobileNetV2): a pair of u8·s8 products reaches int16's limit only
         when both codes are large (≥ 128 or so) and both weights too. Signed inputs and
-        inputs that fill their range — an image, normalized (codes near 128 everywhere) or
-        raw (20–25 % in the upper half) — keep 7 bits. Measured on the AVX2 CPU (400
+        inputs that fill their range — an image, normalized (signed: codes near 128
+        everywhere) or raw 0..255 (41 % of the Keras VGG's calibration pixels in the upper
+        half) — keep 7 bits. Measured on the AVX2 CPU (400
         photos): ResNet-56 softmax KL 0.0142 with every dense weight 7-bit, 0.0128 with 7
         bits only where the rule says (the stem and the Gemm); MobileNetV2 0.0234 → 0.0207
         (agreement 0.958 → 0.965); 8 bits everywhere: 0.165 and 0.24. ``method=minmax``
