@@ -125,7 +125,8 @@ def _known(shape) -> bool:
     return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
+def attribute(node: onnx.NodeProto, name: str, default):
+    """A protobuf node's attribute value, or ``default`` where it is absent."""
     for attr in node.attribute:
         if attr.name == name:
             return onnx.helper.get_attribute_value(attr)
@@ -151,9 +152,9 @@ def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
         a, b = get(0), get(1)
         if not (_known(a) and _known(b)):
             return None
-        m = a[1] if _attr(node, "transA", 0) else a[0]
-        k = a[0] if _attr(node, "transA", 0) else a[1]
-        n = b[0] if _attr(node, "transB", 0) else b[1]
+        m = a[1] if attribute(node, "transA", 0) else a[0]
+        k = a[0] if attribute(node, "transA", 0) else a[1]
+        n = b[0] if attribute(node, "transB", 0) else b[1]
         return m * k * n
     if node.op_type == "MatMul":
         a, b = get(0), get(1)

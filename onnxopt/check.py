@@ -922,15 +922,6 @@ def _initializer_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ..
     return shapes
 
 
-def _attr(node: onnx.NodeProto, name: str, default):
-    from onnx import helper
-
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
-
-
 def tucker2_mac_ratio(channels: int, filters: int, kernel: int, stride_area: int = 1,
                       rank_in: int | None = None, rank_out: int | None = None) -> float:
     """MACs of a Tucker-2 replacement (1×1 → k×k core → 1×1) over the dense conv's, per output pixel.
@@ -946,6 +937,7 @@ def tucker2_mac_ratio(channels: int, filters: int, kernel: int, stride_area: int
 
 def _rule_hints(run: _Run, loaded: _Loaded, costs) -> None:
     from onnxopt.analysis import COUNTED_OPS
+    from onnxopt.analysis import attribute as _attr
 
     if costs is None:
         return

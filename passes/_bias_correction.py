@@ -34,9 +34,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from onnxopt.analysis import attribute
 from onnxopt.passbase import Feeds
-
-from ._quant_common import attribute
 
 _OPS = ("Conv", "Gemm")
 _SUFFIX = "_onnxopt_weight_error"

@@ -403,14 +403,6 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
     return None
 
 
-def attribute(node: onnx.NodeProto, name: str, default):
-    """A protobuf node's attribute value, or ``default`` where it is absent."""
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
-
-
 def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
     """Resolve a ``reduce_range`` option (true, false or "auto") and say why in ``report``.
 

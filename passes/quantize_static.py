@@ -94,6 +94,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxopt.analysis import attribute, node_costs
 from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
@@ -405,7 +406,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             shape = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
             if node.name in excluded or shape is None or len(shape) < 2 or shape[1] > _STEM_CHANNELS:
                 continue
-            group = qc.attribute(node, "group", 1)
+            group = attribute(node, "group", 1)
             if group != 1 or not _reads_graph_input(prepared, node.input[0]) or self._small_codes(ranges, node.input[0]):
                 continue
             macs = macs or self._mac_shares(prepared)
@@ -418,8 +419,6 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
 
     def _mac_shares(self, prepared: onnx.ModelProto) -> dict[str, float]:
         """Node name -> its share of the model's MACs at the calibration sample's shapes."""
-        from onnxopt.analysis import node_costs
-
         shapes = {name: tuple(value.shape) for name, value in (self._probe or {}).items()}
         try:
             costs = node_costs(prepared, shapes)
@@ -594,7 +593,7 @@ def _depthwise_weights(proto: onnx.ModelProto) -> set[str]:
     for node in proto.graph.node:
         if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in shapes:
             continue
-        group = qc.attribute(node, "group", 1)
+        group = attribute(node, "group", 1)
         shape = shapes[node.input[1]]
         if group > 1 and len(shape) >= 2 and shape[0] == group and shape[1] == 1:
             found.add(node.input[1])

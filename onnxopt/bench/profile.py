@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt.analysis import attribute as _attr
 from onnxopt.analysis import node_costs
 from onnxopt.errors import InputError, UsageError
 from onnxopt.validate.providers import create_session
@@ -212,13 +213,6 @@ class ProfileResult:
 
 
 # --- the graph side --------------------------------------------------------------------
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default
 
 
 def _constant_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
