@@ -17,7 +17,15 @@ def real_cpu():
     return hostcpu.integer_kernels()
 
 
+@pytest.fixture
+def host(monkeypatch):
+    """Pretend to run on a given CPU: ``host(hostcpu.IntegerKernels(x86=True, vnni=False))``."""
+    def use(kernels: hostcpu.IntegerKernels) -> None:
+        monkeypatch.setattr(hostcpu, "integer_kernels", lambda: kernels)
+    return use
+
+
 @pytest.fixture(autouse=True)
-def _pinned_cpu(request, monkeypatch):
+def _pinned_cpu(request, host):
     if "real_cpu" not in request.fixturenames:
-        monkeypatch.setattr(hostcpu, "integer_kernels", lambda: hostcpu.IntegerKernels(x86=True, vnni=True))
+        host(hostcpu.IntegerKernels(x86=True, vnni=True))

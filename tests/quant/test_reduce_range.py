@@ -21,14 +21,6 @@ AVX2 = hostcpu.IntegerKernels(x86=True, vnni=False)
 ARM = hostcpu.IntegerKernels(x86=False, vnni=False)
 
 
-@pytest.fixture
-def host(monkeypatch):
-    """Pretend to run on a given CPU: ``host(AVX2)``."""
-    def use(kernels: hostcpu.IntegerKernels) -> None:
-        monkeypatch.setattr(hostcpu, "integer_kernels", lambda: kernels)
-    return use
-
-
 def int8_weights(model) -> dict[str, np.ndarray]:
     """The int8 weight tensors that feed DequantizeLinear (static) or integer ops (dynamic)."""
     return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer
