@@ -393,7 +393,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         inherits the error. Only where the stem holds at most 5 % of the model's MACs:
         float costs little there. Measured on the AVX2 CPU (400 photos, softmax KL against
         FP32 / CPU-time speed-up, 7-bit stem → float stem interleaved in one process; the
-        stem's share of MACs): ResNet-56 (0.35 %) 0.0128 → 0.0104 (1.42× → 1.39×),
+        stem's share of MACs): ResNet-56 (0.35 %) 0.0128 → 0.0104 (1.42× → 1.39×; 1.62× →
+        1.53× in a later 30 s run — behind a float stem onnxruntime's NHWC layout pass stops
+        at every residual Add, leaving two Transposes per block),
         MobileNetV2 (3.6 %) 0.0207 → 0.0195 (1.46× → 1.50×), EfficientNet-Lite0 (2.8 %)
         0.0089 → 0.0045 (1.50× → 1.52×); but the half-width
         ResNet-50's 7×7 stem (11 %) ran 1.53× → 1.10× in float, for no accuracy to win
