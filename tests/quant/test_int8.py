@@ -370,3 +370,34 @@ def test_resnet20_int8_defaults_keep_agreement_on_this_cpu(real_cpu):
     kl = float(np.mean(np.sum(np.exp(p) * (p - q), axis=1)))
     assert kl < 0.06, (kl, report.figures["reduce_range"])
     assert np.mean(reference.argmax(1) == candidate.argmax(1)) >= 0.88
+
+
+def _run_exact_integer(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """onnxruntime's x64quantprecision mode: integer kernels that accumulate exactly (u8×u8),
+    i.e. the results a VNNI CPU computes, on any x86 CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(np.mean((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def test_reduce_range_auto_model_computes_what_exact_kernels_compute(real_cpu):
+    """What reduce_range=auto is for: this host's integer kernels give (almost) the results of
+    exactly accumulating ones. Where u8×s8 pairs saturate, 8-bit weights visibly do not."""
+    model, quantized, report, evaluation = _int8_on_photos("resnet20_cifar10.onnx", 128, raw=False)
+    feeds = {"input": evaluation}
+    here = run_ort(quantized, feeds)[0]
+    assert _mean_cosine(here, _run_exact_integer(quantized, feeds)) > 0.9995, report.figures["reduce_range"]
+    if not real_cpu.u8s8_saturates:
+        return
+    calibration = np.stack(_cifar_images(32, raw=False))  # the same 32 photos the defaults saw
+    eight_bit, _ = run_int8(model, PassContext(calibration=lambda: iter([{"input": calibration}])), reduce_range=False)
+    assert _mean_cosine(run_ort(eight_bit, feeds)[0], _run_exact_integer(eight_bit, feeds)) < 0.999
