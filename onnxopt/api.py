@@ -101,7 +101,8 @@ def optimize(
     else:
         from onnxopt.validate.gate import run_gate
 
-        gate = run_gate(io.runnable_bytes(original), result.SerializeToString(), validation)
+        asked = {key: value for pass_report in report.passes for key, value in pass_report.validate_with.items()}
+        gate = run_gate(io.runnable_bytes(original), result.SerializeToString(), validation, optimized_config=asked)
         report.validation = gate.report
         report.benchmark = gate.benchmark
         if gate.benchmark and gate.benchmark.get("warning"):

@@ -13,7 +13,9 @@ class PassReport:
 
     ``applied`` and ``skipped`` hold one dict per item (usually a node): ``{"node": name,
     ...details}``; every skipped item has a ``reason``. ``skipped_reason`` is set when the
-    whole pass was skipped (e.g. onnxsim could not handle the model).
+    whole pass was skipped (e.g. onnxsim could not handle the model). ``validate_with``:
+    onnxruntime session config entries under which the validation gate runs the result,
+    so that it computes what the model's target computes (e.g. exact integer kernels).
     """
 
     name: str
@@ -25,6 +27,7 @@ class PassReport:
     skipped_reason: str | None = None
     modified: bool = False
     seconds: float = 0.0
+    validate_with: dict[str, str] = field(default_factory=dict)
 
     def apply(self, node: str, **details: Any) -> None:
         self.applied.append({"node": node, **details})
@@ -56,6 +59,7 @@ class PassReport:
             "skipped": self.skipped,
             "figures": self.figures,
             "warnings": self.warnings,
+            "validate_with": self.validate_with,
         }
 
 

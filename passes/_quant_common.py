@@ -403,11 +403,17 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
     return None
 
 
+#: onnxruntime's session config for x86 integer kernels that accumulate u8×s8 products
+#: exactly (through u8×u8, slower) on CPUs without VNNI: the results a VNNI CPU computes.
+EXACT_INTEGER_KERNELS = "session.x64quantprecision"
+
+
 def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
     """Resolve a ``reduce_range`` option (true, false or "auto") and say why in ``report``.
 
     ``u8s8``: whether the quantized kernels multiply uint8 activations by int8 weights,
-    the only combination whose x86 kernels saturate without VNNI.
+    the only combination whose x86 kernels saturate without VNNI. 8 bits forced on such a
+    CPU mean a VNNI target: the gate then validates with exact integer kernels.
     """
     kernels = hostcpu.integer_kernels()
     at_risk = u8s8 and kernels.u8s8_saturates
@@ -419,7 +425,10 @@ def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
     report.figures["reduce_range"] = ("on" if chosen else "off") + f" ({why})"
     if at_risk and not chosen:
         report.warn(f"this is an {kernels.describe()}: u8×s8 products may saturate int16 and cost accuracy "
-                    "here; reduce_range=true (7-bit weights) avoids it — keep 8 bits only for a VNNI target")
+                    "here; reduce_range=true (7-bit weights) avoids it — keep 8 bits only for a VNNI target "
+                    "(validation runs it with exact integer kernels, as one computes)")
+        # 8-bit weights are for exactly accumulating kernels (VNNI, ARM): validate as they compute.
+        report.validate_with[EXACT_INTEGER_KERNELS] = "1"
     return chosen
 
 

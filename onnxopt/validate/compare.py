@@ -136,10 +136,12 @@ def _first_line(error: Exception) -> str:
 class _Runner:
     """Sessions (created on first use, once) and one batch's outputs, per (slot, provider)."""
 
-    def __init__(self, models: Mapping[str, bytes | str], labels: Mapping[str, str], threads: int | None):
+    def __init__(self, models: Mapping[str, bytes | str], labels: Mapping[str, str], threads: int | None,
+                 configs: Mapping[str, Mapping[str, str]] | None = None):
         self.models = models
         self.labels = labels
         self.threads = threads
+        self.configs = configs or {}  # per slot: onnxruntime session config entries
         self.sessions: dict[tuple[str, str], object] = {}
         self.casts: dict[tuple[str, str], dict[str, type]] = {}
         self.notes: list[str] = []
@@ -155,7 +157,7 @@ class _Runner:
             from onnxopt.validate.providers import create_session
 
             logger.debug("creating the %s session on %s", self.labels[slot], provider)
-            session = create_session(self.models[slot], provider, threads=self.threads)
+            session = create_session(self.models[slot], provider, threads=self.threads, config=self.configs.get(slot))
             self.sessions[key] = session
             self.casts[key] = {i.name: ORT_INPUT_TYPES[i.type] for i in session.get_inputs() if i.type in ORT_INPUT_TYPES}
         return self.sessions[key]
@@ -219,6 +221,7 @@ def _compare(
     names: tuple[str, str],
     threads: int | None,
     progress: Callable[[int, int], None] | None,
+    candidate_config: Mapping[str, str] | None = None,
 ) -> CompareResult:
     providers = list(dict.fromkeys(providers))
     if not providers:
@@ -228,8 +231,9 @@ def _compare(
     same = reference is candidate
     models = {"ref": _model_arg(reference)}
     models["cand"] = models["ref"] if same else _model_arg(candidate)
-    runner = _Runner(models, {"ref": "reference model", "cand": "candidate model"}, threads)
-    cand_slot = "ref" if same else "cand"
+    cand_slot = "ref" if same and not candidate_config else "cand"  # one session when nothing differs
+    runner = _Runner(models, {"ref": "reference model", "cand": "candidate model"}, threads,
+                     {"cand": candidate_config or {}})
 
     def ref_on(provider: str) -> str:
         return reference_provider or provider
@@ -306,6 +310,7 @@ def compare_models(
     names: tuple[str, str] | None = None,
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    candidate_config: Mapping[str, str] | None = None,
 ) -> CompareResult:
     """Compare ``candidate`` against ``reference`` (bytes, a path, or an onnx.ModelProto).
 
@@ -313,7 +318,8 @@ def compare_models(
     ``reference_provider`` when given — on the same batches of ``source``. ``labels``
     ({sample id: class}) add top-1/top-5 accuracy for [N, classes] outputs. ``names`` label
     the models in the result (default: their paths, or "reference"/"candidate");
-    ``progress(done, total)`` is called after each batch.
+    ``progress(done, total)`` is called after each batch. ``candidate_config``: onnxruntime
+    session config entries for the candidate's sessions only (e.g. exact integer kernels).
 
     Raises:
         InputError: the models' input or output names differ, the data does not fit them,
@@ -323,7 +329,7 @@ def compare_models(
     return _compare(
         "models", reference, candidate, source,
         providers=providers, batch_size=batch_size, labels=labels, reference_provider=reference_provider,
-        names=names, threads=threads, progress=progress,
+        names=names, threads=threads, progress=progress, candidate_config=candidate_config,
     )
 
 

@@ -25,7 +25,7 @@ import re
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -231,6 +231,7 @@ def create_session(
     threads: int | None = None,
     enable_profiling: bool = False,
     profile_prefix: str | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> onnxruntime.InferenceSession:
     """Create an onnxruntime session for ``model`` (serialized bytes or a file path).
 
@@ -239,6 +240,7 @@ def create_session(
     ``intra_op_num_threads`` (``None`` keeps onnxruntime's default, one per core).
     ``enable_profiling`` turns on onnxruntime's profiler, writing its JSON trace to
     ``profile_prefix`` + timestamp (``session.end_profiling()`` returns the path).
+    ``config``: onnxruntime session config entries (``add_session_config_entry``).
 
     Raises:
         UsageError: unknown provider name or a thread count below 1.
@@ -267,6 +269,8 @@ def create_session(
         opts.enable_profiling = True
         if profile_prefix:
             opts.profile_file_prefix = str(profile_prefix)
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
 
     source: bytes | str = model if isinstance(model, bytes | bytearray) else os.fspath(model)
     if isinstance(source, bytearray):

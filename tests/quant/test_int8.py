@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import weakref
 
 import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
+from onnxopt.passes._quant_common import EXACT_INTEGER_KERNELS
 from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 
 import onnxopt
 from onnxopt.errors import InputError, UsageError
 from onnxopt.passbase import PassContext
 from onnxopt.registry import build_options, get
-from tests.helpers import SHARED_IMAGES, make_model, run_ort, shared_model
+from tests.helpers import SHARED_IMAGES, cli, make_model, run_ort, shared_model
 from tests.quant.models import conv_stack, cosine, image_batches, op_types
 
 
@@ -379,7 +381,7 @@ def _run_exact_integer(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> 
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    options.add_session_config_entry(EXACT_INTEGER_KERNELS, "1")
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
 
@@ -401,3 +403,24 @@ def test_reduce_range_auto_model_computes_what_exact_kernels_compute(real_cpu):
     calibration = np.stack(_cifar_images(32, raw=False))  # the same 32 photos the defaults saw
     eight_bit, _ = run_int8(model, PassContext(calibration=lambda: iter([{"input": calibration}])), reduce_range=False)
     assert _mean_cosine(run_ort(eight_bit, feeds)[0], _run_exact_integer(eight_bit, feeds)) < 0.999
+
+
+def test_gate_validates_forced_8_bit_weights_as_exact_kernels_compute(real_cpu, tmp_path):
+    """reduce_range=false on a CPU whose u8×s8 kernels saturate means a VNNI target: the
+    gate measures what that target computes, ``compare`` (this CPU's kernels) does not."""
+    if not real_cpu.u8s8_saturates:
+        pytest.skip("this CPU's integer kernels accumulate exactly: its own runs are the target's")
+    path = shared_model("resnet20_cifar10.onnx")
+    if not (SHARED_IMAGES / "imagenet").exists():
+        pytest.skip("needs ../shared/images/imagenet")
+    data, out = tmp_path / "photos.npz", tmp_path / "int8.onnx"
+    np.savez(data, input=np.stack(_cifar_images(96, raw=False)))
+    tolerance = ("--min-cosine", "0.95")  # worst sample here: 0.979 with exact kernels, 0.66 without
+    result = cli("optimize", str(path), "--passes", "int8:reduce_range=false", "--data", str(data), "-o", str(out),
+                 "--json", *tolerance)
+    assert result.returncode == 0, result.stderr.decode()
+    report = json.loads(result.stdout)
+    assert report["passes"][0]["validate_with"] == {EXACT_INTEGER_KERNELS: "1"}
+    assert any(EXACT_INTEGER_KERNELS in note for note in report["validation"]["notes"])
+    here = cli("compare", str(path), str(out), "--data", str(data), *tolerance)
+    assert here.returncode == 1, here.stdout.decode()

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxopt.passes._quant_common import EXACT_INTEGER_KERNELS
 
 from onnxopt import hostcpu
 from onnxopt.errors import UsageError
@@ -214,12 +215,22 @@ def test_auto_keeps_8_bits_for_int8_activations(host):
     assert report.figures["reduce_range"].startswith("off")
 
 
-def test_forcing_8_bits_on_a_saturating_cpu_warns(host):
+def test_forcing_8_bits_on_a_saturating_cpu_warns_and_asks_for_exact_validation(host):
     host(AVX2)
     quantized, report = run_int8(conv_stack(), context(signed_batches()), reduce_range=False)
     assert set(width_by_node(quantized).values()) == {127}
     assert report.figures["reduce_range"] == "off (reduce_range=false)"
     assert any("saturate" in w and "reduce_range=true" in w for w in report.warnings)
+    # 8 bits here mean a VNNI target: the gate is to run the model as exact kernels compute
+    assert report.validate_with == {EXACT_INTEGER_KERNELS: "1"}
+    assert report.to_dict()["validate_with"] == {EXACT_INTEGER_KERNELS: "1"}
+
+
+@pytest.mark.parametrize("kernels, choice", [(AVX2, "auto"), (AVX2, True), (VNNI, False), (VNNI, "auto"), (ARM, False)])
+def test_no_exact_validation_where_the_host_kernels_are_the_targets(host, kernels, choice):
+    host(kernels)
+    _, report = run_int8(conv_stack(), context(signed_batches()), reduce_range=choice)
+    assert report.validate_with == {}
 
 
 def test_reduce_range_true_applies_the_same_policy_on_any_host(host):
@@ -301,6 +312,12 @@ def test_dynamic_auto_uses_7_bit_weights_without_vnni(host):
     quantized, report = run_dynamic(mlp())
     assert int8_weights(quantized) and widest(quantized) <= 64
     assert report.figures["reduce_range"].startswith("on (auto:")
+
+
+def test_dynamic_forced_8_bits_without_vnni_asks_for_exact_validation(host):
+    host(AVX2)
+    _, report = run_dynamic(mlp(), reduce_range=False)
+    assert report.validate_with == {EXACT_INTEGER_KERNELS: "1"}
 
 
 def test_dynamic_auto_keeps_8_bits_with_vnni(host):

@@ -111,6 +111,30 @@ def test_sessions_are_created_once(monkeypatch):
     assert calls == ["cpu"]  # one model object: one session
 
 
+def test_candidate_config_reaches_only_the_candidates_sessions(monkeypatch):
+    configs = []
+    real = providers_module.create_session
+
+    def recording(model, provider="cpu", **kwargs):
+        configs.append(kwargs.get("config"))
+        return real(model, provider, **kwargs)
+
+    monkeypatch.setattr(providers_module, "create_session", recording)
+    model = linear()
+    entry = {"session.x64quantprecision": "1"}
+    compare_models(model, linear(WEIGHT * 2), source_for(model, 4), candidate_config=entry)
+    assert configs == [None, entry]
+    configs.clear()
+    result = compare_models(model, model, source_for(model, 4), candidate_config=entry)
+    assert configs == [None, entry]  # one model, two settings: two sessions
+    assert result.metrics[0].max_abs_error == 0.0  # float kernels ignore it
+
+
+def test_session_config_entries_are_applied():
+    session = providers_module.create_session(linear().SerializeToString(), config={"session.x64quantprecision": "1"})
+    assert session.get_session_options().get_session_config_entry("session.x64quantprecision") == "1"
+
+
 def test_compare_providers_uses_the_first_as_reference(monkeypatch):
     """Without a GPU, a fake "cuda" session runs a perturbed model on the CPU."""
     real = providers_module.create_session
