@@ -10,6 +10,9 @@ AVX2 AMD EPYC (no VNNI): ResNet-56 INT8 with 8-bit weights agreed with FP32 on 0
 400 photos (mean softmax KL 0.165); with 7-bit weights 0.95 (KL 0.017).
 
 ARM and other architectures do not use that kernel: nothing to work around there.
+
+onnxruntime can also run exactly on such a CPU (``EXACT_INTEGER_KERNELS``: u8×u8 kernels,
+slower): the integer results a VNNI CPU computes, for judging a model made for one.
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from __future__ import annotations
 import functools
 import platform
 from dataclasses import dataclass
+from types import MappingProxyType
 
 _X86 = {"x86_64", "amd64", "i386", "i686", "x86"}
 _VNNI_FLAGS = {"avx512_vnni", "avx_vnni"}  # /proc/cpuinfo spellings
 _NUMPY_VNNI = ("AVX512VNNI", "AVX512_ICL", "AVX512_SPR")  # numpy's feature names implying VNNI
+
+#: onnxruntime session config for x86 integer kernels that accumulate u8×s8 products
+#: exactly (through u8×u8) on CPUs without VNNI; no effect elsewhere.
+EXACT_INTEGER_KERNELS = MappingProxyType({"session.x64quantprecision": "1"})
 
 
 @dataclass(frozen=True)

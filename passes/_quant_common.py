@@ -403,11 +403,6 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
     return None
 
 
-#: onnxruntime's session config for x86 integer kernels that accumulate u8×s8 products
-#: exactly (through u8×u8, slower) on CPUs without VNNI: the results a VNNI CPU computes.
-EXACT_INTEGER_KERNELS = "session.x64quantprecision"
-
-
 def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
     """Resolve a ``reduce_range`` option (true, false or "auto") and say why in ``report``.
 
@@ -428,7 +423,7 @@ def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
                     "here; reduce_range=true (7-bit weights) avoids it — keep 8 bits only for a VNNI target "
                     "(validation runs it with exact integer kernels, as one computes)")
         # 8-bit weights are for exactly accumulating kernels (VNNI, ARM): validate as they compute.
-        report.validate_with[EXACT_INTEGER_KERNELS] = "1"
+        report.validate_with.update(hostcpu.EXACT_INTEGER_KERNELS)
     return chosen
 
 

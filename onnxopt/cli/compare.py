@@ -32,6 +32,9 @@ agreement and, with --labels, each model's top-1/top-5 accuracy.
 
 Without any tolerance option the gate is --max-rel-error {DEFAULT_MAX_REL_ERROR:g}. Exit 1 when
 the gate fails, 2 on bad usage or input. Either model may be '-' (stdin), not both.
+
+--exact-int8 runs B with exact integer kernels: on an x86 CPU without VNNI, the results a
+VNNI CPU computes — to judge an INT8 model made for one (int8:reduce_range=false).
 """
 
 
@@ -135,10 +138,13 @@ def _progress(total_hint: int):
 @data_options
 @provider_option
 @tolerance_options
+@click.option("--exact-int8", is_flag=True,
+              help="Run B with onnxruntime's exact integer kernels (session.x64quantprecision; slower): "
+                   "what a VNNI CPU computes, here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result (and gate) as JSON on stdout.")
 @verbosity_options
-def command(model_a: str, model_b: str | None, as_json: bool, **opts) -> None:
-    from onnxopt import io
+def command(model_a: str, model_b: str | None, exact_int8: bool, as_json: bool, **opts) -> None:
+    from onnxopt import hostcpu, io
     from onnxopt.validate import Tolerances, compare_models, compare_providers
     from onnxopt.validate.providers import resolve_providers
 
@@ -147,6 +153,8 @@ def command(model_a: str, model_b: str | None, as_json: bool, **opts) -> None:
     choice = resolve_providers(opts["providers"])
     for note in choice.notes:
         stderr_console().print(f"note: {note}", markup=False, highlight=False)
+    if exact_int8 and model_b is None:
+        raise UsageError("--exact-int8 runs the second model (B.onnx) with exact integer kernels: give two models")
     if model_b is None and len(choice.providers) < 2:
         detail = f" ({'; '.join(choice.notes)})" if choice.notes else ""
         raise UsageError(
@@ -168,7 +176,8 @@ def command(model_a: str, model_b: str | None, as_json: bool, **opts) -> None:
             result = compare_providers(reference, source, choice.providers, name=model_a, **common)
         else:
             result = compare_models(
-                reference, candidate, source, providers=choice.providers, names=(model_a, model_b), **common
+                reference, candidate, source, providers=choice.providers, names=(model_a, model_b),
+                candidate_config=hostcpu.EXACT_INTEGER_KERNELS if exact_int8 else None, **common
             )
     finally:
         if progress is not None:

@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnxopt.passes._quant_common import EXACT_INTEGER_KERNELS
 from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 
 import onnxopt
+from onnxopt import hostcpu
 from onnxopt.errors import InputError, UsageError
 from onnxopt.passbase import PassContext
 from onnxopt.registry import build_options, get
@@ -246,7 +246,6 @@ def test_colliding_names_break_the_quantizer_without_the_rename(monkeypatch):
 def test_per_channel_failure_falls_back_per_layer(monkeypatch, host, vnni):
     """Where per-channel quantization fails on Gemm/MatMul weights, those go per-tensor —
     also with reduce_range's per-weight overrides in play (a CPU without VNNI)."""
-    from onnxopt import hostcpu
 
     host(hostcpu.IntegerKernels(x86=True, vnni=vnni))
     original = QuantizeStaticPass._quantize
@@ -381,7 +380,8 @@ def _run_exact_integer(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> 
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry(EXACT_INTEGER_KERNELS, "1")
+    for key, value in hostcpu.EXACT_INTEGER_KERNELS.items():
+        options.add_session_config_entry(key, value)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, feeds)[0]
 
@@ -420,7 +420,9 @@ def test_gate_validates_forced_8_bit_weights_as_exact_kernels_compute(real_cpu, 
                  "--json", *tolerance)
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
-    assert report["passes"][0]["validate_with"] == {EXACT_INTEGER_KERNELS: "1"}
-    assert any(EXACT_INTEGER_KERNELS in note for note in report["validation"]["notes"])
+    assert report["passes"][0]["validate_with"] == hostcpu.EXACT_INTEGER_KERNELS
+    assert any("x64quantprecision=1" in note for note in report["validation"]["notes"])
     here = cli("compare", str(path), str(out), "--data", str(data), *tolerance)
     assert here.returncode == 1, here.stdout.decode()
+    as_target = cli("compare", str(path), str(out), "--data", str(data), "--exact-int8", *tolerance)
+    assert as_target.returncode == 0, as_target.stdout.decode()

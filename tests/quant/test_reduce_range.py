@@ -6,7 +6,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes._quant_common import EXACT_INTEGER_KERNELS
 
 from onnxopt import hostcpu
 from onnxopt.errors import UsageError
@@ -222,8 +221,8 @@ def test_forcing_8_bits_on_a_saturating_cpu_warns_and_asks_for_exact_validation(
     assert report.figures["reduce_range"] == "off (reduce_range=false)"
     assert any("saturate" in w and "reduce_range=true" in w for w in report.warnings)
     # 8 bits here mean a VNNI target: the gate is to run the model as exact kernels compute
-    assert report.validate_with == {EXACT_INTEGER_KERNELS: "1"}
-    assert report.to_dict()["validate_with"] == {EXACT_INTEGER_KERNELS: "1"}
+    assert report.validate_with == hostcpu.EXACT_INTEGER_KERNELS
+    assert report.to_dict()["validate_with"] == hostcpu.EXACT_INTEGER_KERNELS
 
 
 @pytest.mark.parametrize("kernels, choice", [(AVX2, "auto"), (AVX2, True), (VNNI, False), (VNNI, "auto"), (ARM, False)])
@@ -317,7 +316,7 @@ def test_dynamic_auto_uses_7_bit_weights_without_vnni(host):
 def test_dynamic_forced_8_bits_without_vnni_asks_for_exact_validation(host):
     host(AVX2)
     _, report = run_dynamic(mlp(), reduce_range=False)
-    assert report.validate_with == {EXACT_INTEGER_KERNELS: "1"}
+    assert report.validate_with == hostcpu.EXACT_INTEGER_KERNELS
 
 
 def test_dynamic_auto_keeps_8_bits_with_vnni(host):

@@ -122,6 +122,18 @@ def test_one_model_needs_two_providers(models):
     assert str(result.exception).startswith("with one model, compare needs two providers, e.g. --providers cpu,cuda; got cpu")
 
 
+def test_exact_int8_needs_a_second_model(models):
+    code, result = invoke(models["a"], "--exact-int8", "--providers", "cpu")
+    assert code == 2 and isinstance(result.exception, UsageError)
+    assert "give two models" in str(result.exception)
+
+
+def test_exact_int8_leaves_float_models_unchanged(models):
+    code, result = invoke(models["a"], models["a"], "--exact-int8", "--json")
+    assert code == 0, result.output
+    assert json.loads(result.stdout)["results"][0]["max_abs_error"] == 0.0
+
+
 @pytest.mark.skipif(cuda_status()[0], reason="CUDA loads here")
 def test_explicit_cuda_that_does_not_load(models):
     code, result = invoke(models["a"], "--providers", "cpu,cuda")
