@@ -184,7 +184,10 @@ def session(model: bytes, exact_integer: bool = False):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if exact_integer:
-        options.add_session_config_entry("session.x64quantprecision", "1")
+        from onnxopt.hostcpu import EXACT_INTEGER_KERNELS
+
+        for key, value in EXACT_INTEGER_KERNELS.items():
+            options.add_session_config_entry(key, value)
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
