@@ -246,7 +246,6 @@ def test_colliding_names_break_the_quantizer_without_the_rename(monkeypatch):
 def test_per_channel_failure_falls_back_per_layer(monkeypatch, host, vnni):
     """Where per-channel quantization fails on Gemm/MatMul weights, those go per-tensor —
     also with reduce_range's per-weight overrides in play (a CPU without VNNI)."""
-
     host(hostcpu.IntegerKernels(x86=True, vnni=vnni))
     original = QuantizeStaticPass._quantize
 
