@@ -324,3 +324,36 @@ def test_dynamic_auto_keeps_8_bits_with_vnni(host):
     quantized, report = run_dynamic(mlp())
     assert widest(quantized) > 64
     assert report.figures["reduce_range"].startswith("off (auto:")
+
+
+def test_exact_integer_kernels_undo_the_saturation_of_8_bit_weights(real_cpu):
+    """The premise of reduce_range and of the gate's exact validation, on this CPU: large
+    uint8 codes times large int8 weights clip in its u8×s8 kernels; EXACT_INTEGER_KERNELS
+    and 7-bit weights do not."""
+    import onnxruntime as ort
+
+    if not real_cpu.u8s8_saturates:
+        pytest.skip(f"{real_cpu.describe()}: its u8×s8 kernels accumulate exactly")
+    rng = np.random.default_rng(0)
+    weight = rng.uniform(0.9, 1.0, (256, 64)).astype(np.float32)  # every pair of products near 2·255·127
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(weight, "w")])
+    x = rng.uniform(0.9, 1.0, (8, 256)).astype(np.float32)
+
+    def error(model, config) -> float:
+        options = ort.SessionOptions()
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        y = session.run(None, {"x": x})[0]
+        return float(np.linalg.norm(y - x @ weight) / np.linalg.norm(x @ weight))
+
+    eight_bit, report = run_dynamic(make_model(graph), reduce_range=False)
+    assert report.validate_with == hostcpu.EXACT_INTEGER_KERNELS
+    assert error(eight_bit, {}) > 0.1  # measured 0.44: clipped sums
+    assert error(eight_bit, hostcpu.EXACT_INTEGER_KERNELS) < 1e-3  # measured 0.00017
+    seven_bit, _ = run_dynamic(make_model(graph), reduce_range=True)
+    assert error(seven_bit, {}) < 1e-3  # measured 0.00036
