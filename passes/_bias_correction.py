@@ -43,7 +43,6 @@ _SUFFIX = "_onnxopt_weight_error"
 
 @dataclass
 class _Layer:
-    node: str  # node name (the same in the float and the quantized model)
     output: str  # the extra output conv(x, ΔW) in the error model
     bias: onnx.TensorProto  # the quantized model's int32 bias initializer, corrected in place
     bias_scale: np.ndarray
@@ -113,7 +112,7 @@ def _error_model(float_model: onnx.ModelProto, quantized: onnx.ModelProto) -> tu
         error.graph.node.append(helper.make_node(node.op_type, [node.input[0], delta_name], [output],
                                                  name=node.name + _SUFFIX, **attributes))
         error.graph.output.append(helper.make_empty_tensor_value_info(output))
-        layers.append(_Layer(node.name, output, bias[0], bias[1]))
+        layers.append(_Layer(output, bias[0], bias[1]))
     return layers, error
 
 
@@ -151,9 +150,11 @@ def _channel_means(model: onnx.ModelProto, outputs: list[str], samples: Callable
     """Per output, the mean over every axis but 1 (channels), accumulated over the samples."""
     import onnxruntime as ort
 
+    from onnxopt.io import runnable_bytes
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(runnable_bytes(model), options, providers=["CPUExecutionProvider"])
     sums: list[np.ndarray] | None = None
     counts = np.zeros(len(outputs))
     used = 0

@@ -380,19 +380,13 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
     through it, when given), else the reason."""
     import onnxruntime as ort
 
-    from onnxopt.io import max_runtime_ir_version
+    from onnxopt.io import runnable_bytes
 
     options = ort.SessionOptions()
     options.log_severity_level = 4
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    data = proto.SerializeToString()
-    if proto.ir_version > max_runtime_ir_version():
-        clamped = onnx.ModelProto()
-        clamped.CopyFrom(proto)
-        clamped.ir_version = max_runtime_ir_version()
-        data = clamped.SerializeToString()
     try:
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(runnable_bytes(proto), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises several exception types for invalid models
         return first_line(exc)
     if feeds is not None:

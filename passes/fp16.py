@@ -553,17 +553,12 @@ def _dedupe_casts(model: ir.Model) -> None:
 def _session(proto: onnx.ModelProto, provider: str):
     import onnxruntime as ort
 
-    from onnxopt.io import max_runtime_ir_version
+    from onnxopt.io import runnable_bytes
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    data = proto
-    if proto.ir_version > max_runtime_ir_version():
-        data = onnx.ModelProto()
-        data.CopyFrom(proto)
-        data.ir_version = max_runtime_ir_version()
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(data.SerializeToString(), options, providers=providers)
+    return ort.InferenceSession(runnable_bytes(proto), options, providers=providers)
 
 
 def _run(proto: onnx.ModelProto, feeds: list[qc.Feeds], provider: str, fp16_inputs: bool) -> list[list[np.ndarray]]:

@@ -49,9 +49,10 @@ ImageNet photos, 100 others for calibration; ``benchmarks/quantize.py``):
   0.165), with 7-bit weights 0.95 (KL 0.017), at the same speed. Depthwise convolutions
   and convolutions reading mostly small non-negative codes (ReLU outputs) keep 8 bits
   (``_weights_kept_at_8_bits``: KL 0.0128), and a cheap image stem (≤ 5 % of the MACs)
-  that would need 7 bits stays float (``_float_stems``: KL 0.0104). ``reduce_range=true`` applies this whatever the
-  host, ``false`` keeps 8 bits everywhere: the quantized model runs anywhere either way,
-  so quantizing on one CPU for another, set it for the target.
+  that would need 7 bits stays float (``_float_stems``: KL 0.0104). ``reduce_range=true``
+  applies this whatever the host, ``false`` keeps 8 bits everywhere: the quantized model
+  runs anywhere either way, so quantizing on one CPU for another, set it for the target
+  (with ``false`` on a CPU without VNNI, validation runs exact integer kernels).
 * ``per_channel=true``: MobileNetV2 top-1 0.828 per-channel vs 0.800 per-tensor (its
   depthwise kernels vary a lot between channels), at a small speed cost.
 * ``method=percentile``, ``percentile=99.995`` (the range covers 99.995 % of |x|): the
@@ -183,10 +184,13 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             excluded = self._exclusions(prepared)
             u8s8 = self.options.activations == "uint8" and self.options.weights == "int8"
             self._reduce_range = qc.choose_reduce_range(self.options.reduce_range, u8s8, self.report)
-            self._seven_bit = (0, 0)
+            full_range: set[str] = set()  # weights that keep 8 bits under reduce_range
+            seven_bit = (0, 0)  # (7-bit weights, weights considered)
             if self._reduce_range:
                 excluded.update(self._float_stems(prepared, ranges, excluded))
-            full_range = self._weights_kept_at_8_bits(prepared, ranges, excluded) if self._reduce_range else set()
+                full_range, considered = self._weights_kept_at_8_bits(prepared, ranges, excluded)
+                seven_bit = (len(considered - full_range), len(considered))
+                self.report.figures["reduce_range"] += "; {} of {} weights 7-bit".format(*seven_bit)
             quantized = self._quantize_with_fallbacks(path, prepared, ranges, excluded, full_range)
         if quantized is None:
             return unchanged
@@ -194,7 +198,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             self._correct_bias(prepared, quantized, open_samples)
         qc.restore_model_fields(original, quantized)
         self.report.figures["float_outputs"] = _unquantize_outputs(quantized)
-        self._report_result(quantized, excluded)
+        self._report_result(quantized, excluded, seven_bit)
         return ir.passes.PassResult(ir.from_proto(quantized), True)
 
     # ------------------------------------------------------------ calibration data
@@ -393,8 +397,8 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         inherits the error. Only where the stem holds at most 5 % of the model's MACs:
         float costs little there. Measured on the AVX2 CPU (400 photos, softmax KL against
         FP32 / CPU-time speed-up, 7-bit stem → float stem interleaved in one process; the
-        stem's share of MACs): ResNet-56 (0.35 %) 0.0128 → 0.0104 (1.42× → 1.39×; 1.62× →
-        1.53× in a later 30 s run — behind a float stem onnxruntime's NHWC layout pass stops
+        stem's share of MACs): ResNet-56 (0.35 %) 0.0128 → 0.0104 (1.42× → 1.39×; an integer stem
+        1.62× → float 1.53× in a later 30 s run — behind a float stem onnxruntime's NHWC layout pass stops
         at every residual Add, leaving two Transposes per block),
         MobileNetV2 (3.6 %) 0.0207 → 0.0195 (1.46× → 1.50×), EfficientNet-Lite0 (2.8 %)
         0.0089 → 0.0045 (1.50× → 1.52×); but the half-width
@@ -403,7 +407,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         """
         shapes = {t.name: tuple(t.dims) for t in prepared.graph.initializer}
         stems = {}
-        macs = None
+        macs: dict[str, float] | None = None
         for node in prepared.graph.node:
             shape = shapes.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
             if node.name in excluded or shape is None or len(shape) < 2 or shape[1] > _STEM_CHANNELS:
@@ -411,7 +415,8 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             group = attribute(node, "group", 1)
             if group != 1 or not _reads_graph_input(prepared, node.input[0]) or self._small_codes(ranges, node.input[0]):
                 continue
-            macs = macs or self._mac_shares(prepared)
+            if macs is None:
+                macs = self._mac_shares(prepared)
             share = macs.get(node.name)
             if share is not None and share <= _STEM_MAC_SHARE:
                 stems[node.name] = (f"image stem ({shape[1]} input channels, {share:.1%} of the MACs) left in float: "
@@ -437,20 +442,21 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         upper = self._upper_shares.get(tensor)
         return lowest is not None and lowest >= 0.0 and upper is not None and upper <= _UPPER_SHARE_8_BITS
 
-    def _weights_kept_at_8_bits(self, prepared: onnx.ModelProto, ranges, excluded: dict[str, str]) -> set[str]:
-        """Under ``reduce_range``, the weights that stay 8-bit, and the figure that says so.
+    def _weights_kept_at_8_bits(self, prepared: onnx.ModelProto, ranges,
+                                excluded: dict[str, str]) -> tuple[set[str], set[str]]:
+        """Under ``reduce_range``: (the weights that stay 8-bit, every weight considered).
 
-        The depthwise convolutions' (their kernel cannot saturate), and the convolutions whose input is never negative *and* rarely large — at most
-        5 % of its calibration values in the upper half of the range (ReLU outputs: 0.1–2.7 %
-        on ResNet-56 and MobileNetV2): a pair of u8·s8 products reaches int16's limit only
-        when both codes are large (≥ 128 or so) and both weights too. Signed inputs and
-        inputs that fill their range — an image, normalized (signed: codes near 128
-        everywhere) or raw 0..255 (41 % of the Keras VGG's calibration pixels in the upper
-        half) — keep 7 bits. Measured on the AVX2 CPU (400
-        photos): ResNet-56 softmax KL 0.0142 with every dense weight 7-bit, 0.0128 with 7
-        bits only where the rule says (the stem and the Gemm); MobileNetV2 0.0234 → 0.0207
-        (agreement 0.958 → 0.965); 8 bits everywhere: 0.165 and 0.24. ``method=minmax``
-        keeps no histogram, so there every dense weight gets 7 bits.
+        The depthwise convolutions' (their kernel cannot saturate), and the convolutions
+        whose input is never negative *and* rarely large — at most 5 % of its calibration
+        values in the upper half of the range (ReLU outputs: 0.1–2.7 % on ResNet-56 and
+        MobileNetV2): a pair of u8·s8 products reaches int16's limit only when both codes
+        are large (≥ 128 or so) and both weights too. Signed inputs and inputs that fill
+        their range — an image, normalized (signed: codes near 128 everywhere) or raw
+        0..255 (41 % of the Keras VGG's calibration pixels in the upper half) — keep 7 bits.
+        Measured on the AVX2 CPU (400 photos): ResNet-56 softmax KL 0.0142 with every dense
+        weight 7-bit, 0.0128 with 7 bits only where the rule says (the stem and the Gemm);
+        MobileNetV2 0.0234 → 0.0207 (agreement 0.958 → 0.965); 8 bits everywhere: 0.165
+        and 0.24. ``method=minmax`` keeps no histogram, so there every dense weight gets 7 bits.
         """
         initializers = {t.name for t in prepared.graph.initializer}
         weights = {n.input[1]: n for n in prepared.graph.node  # stored weights only: overrides need initializers
@@ -461,11 +467,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             # Conv only: its per-channel axis is 0 for any shape (an override must name it)
             if node.op_type == "Conv" and self._small_codes(ranges, node.input[0]):
                 keep.add(name)
-        total = len(weights)
-        seven = sum(1 for name in weights if name not in keep)
-        self.report.figures["reduce_range"] += f"; {seven} of {total} weights 7-bit"
-        self._seven_bit = (seven, total)
-        return keep
+        return keep, set(weights)
 
     def _quantize(self, path: Path, ranges, per_channel: bool, excluded: dict[str, str], overrides: dict):
         from onnxruntime.quantization import QDQQuantizer, QuantType
@@ -508,7 +510,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
 
     # ------------------------------------------------------------ report
 
-    def _report_result(self, quantized: onnx.ModelProto, excluded: dict[str, str]) -> None:
+    def _report_result(self, quantized: onnx.ModelProto, excluded: dict[str, str], seven_bit: tuple[int, int]) -> None:
         producers = {o: n for n in quantized.graph.node for o in n.output}
         count = 0
         for node in quantized.graph.node:
@@ -524,7 +526,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         self.report.figures["excluded_nodes"] = len(excluded)
         self.report.figures.setdefault("per_channel_fallbacks", 0)
         self.report.figures["activations"] = self.options.activations
-        seven, total = self._seven_bit
+        seven, total = seven_bit
         self.report.figures["weights"] = self.options.weights + (
             " per-channel" if self.options.per_channel and not self._force_per_tensor else " per-tensor") + (
             f" ({seven} of {total} 7-bit)" if seven else "")
