@@ -366,7 +366,7 @@ def bench_models(
     for index, model in enumerate(models):
         before = current_rss_bytes()
         source = bytes(model) if isinstance(model, bytearray) else model
-        session = create_session(source, provider, threads=threads)
+        session = create_session(source, provider, threads=threads, tf32=True)
         sessions.append(session)
         runner = _runner(session, feeds, provider)
         runners.append(runner)

@@ -496,6 +496,7 @@ def profile_model(
             threads=threads,
             enable_profiling=True,
             profile_prefix=str(Path(tmp) / "ort"),
+            tf32=True,
         )
         names = [i.name for i in session.get_inputs()]
         missing = [n for n in names if n not in feeds]
