@@ -6,31 +6,56 @@ concrete shape (:func:`parse_input_shapes`, :func:`resolve_shapes`), and where t
 samples come from (:func:`random_source`, :func:`open_data`).
 
 Shapes
-    A dynamic first dimension is the batch axis and becomes ``batch_size``. Any other
-    dynamic dimension gets a default, and one warning names every dimension defaulted:
+    A declared ``dim_value`` of 0 or less (Paddle writes -1) is dynamic, like a named or
+    unnamed dim. The *batch axis* of the random source is inferred from the graph
+    inputs (rules below); where it is dynamic it becomes ``batch_size``. Any other dynamic
+    dimension gets a default, and one warning names every dimension defaulted:
 
     * a 4-D input is taken as an image: its two spatial dimensions default to **224**
       (NHWC when the last dimension is a fixed 1 or 3 and dimension 1 is not, NCHW
       otherwise), a dynamic channel dimension to 1;
+    * a sequence dimension defaults to **128**: dim 1 of a rank-2 integer or bool input
+      ([batch, seq] token ids and masks), or a dim named like seq, len or token;
     * every other dynamic dimension defaults to **1**.
 
-    ``--input-shape NAME:DIMS`` overrides win over both; they must keep the model's rank
-    and its fixed dimensions. Sources use ``shape[1:]`` as the sample shape: the batch
-    axis always comes from ``batches(batch_size)``, so an override's first dim only
-    matters where the model fixes it.
+    ``--input-shape NAME:DIMS`` overrides win over all of these; they must keep the
+    model's rank and its fixed dimensions. The batch axis's value in an override only
+    matters where the model fixes it: batches always hold ``batches(batch_size)`` samples.
+
+Random inputs (derived from the graph)
+    * The batch axis is dim 0 of the data inputs when it is dynamic in all of them, or
+      the dynamic dim they share with a state input (ONNX's ``initial_h`` [dirs, N,
+      hidden] with X [T, N, F]). Otherwise a fixed first dim *k* shared by the data
+      inputs is the batch (exactly *k* samples per batch); where the fixed first dims
+      differ, every sample is fed as declared, one per batch.
+    * Recurrent state (names h, c, h0, c0, hx, cx, state, states, hidden, initial_h/c,
+      ``*_state``; at most one dynamic dim) is zeros. A fully fixed state is fed
+      unchanged with every batch and pins the batch to one sample where the batch axis
+      is dynamic (its own batch dim is fixed); a state whose dynamic dim is the batch
+      follows the batch. Other fully fixed inputs beside a dynamic batch are drawn once
+      and fed unchanged.
+    * A size-1 input named sr, sample_rate or sampling_rate is 16000. Any other scalar
+      is drawn per sample and forces batches of one sample, fed without the sample axis.
+    * Integer inputs that reach a ``Gather`` as its indices (directly or through Cast,
+      Unsqueeze, Squeeze, Reshape, Flatten, Expand, Transpose, Slice, Tile, Concat, Split
+      or Gather of their values) take values in [0, rows), rows being the table's dim on
+      the Gather axis when the table is an initializer or a ``Constant``
+      (:attr:`InputInfo.index_high`). Inputs named mask, ``*_mask`` are ones. Other
+      integers are in [0, 10), floats standard normal, bools fair coins.
 
 Samples and batches
-    A *sample* is one slice along the first axis of every input. Sources never hold the
-    data set in memory: :meth:`DataSource.batches` reads one batch at a time (``.npy`` and
+    A *sample* is one slice along the batch axis of every per-sample input (the first
+    axis for ``.npz``/``.npy`` data and images). Sources never hold the data set in
+    memory: :meth:`DataSource.batches` reads one batch at a time (``.npy`` and
     uncompressed ``.npz`` members are memory-mapped; image folders decode one batch of
     files at a time). Batch ids are file names for images and sample indices (as
     strings, counted in the original source, so subsets keep them) otherwise.
 
     The last batch may be smaller. Batch size is clamped to the model: when an input's
-    first dimension is fixed at *k* (e.g. YOLO's ``images`` [1,3,416,416]) every batch has
+    batch axis is fixed at *k* (e.g. YOLO's ``images`` [1,3,416,416]) every batch has
     exactly *k* samples — never more, and never fewer, since the model accepts nothing
-    else; a remainder smaller than *k* is dropped with a warning. A rank-0 (scalar) input forces batches of one sample,
-    fed without the sample axis.
+    else; a remainder smaller than *k* is dropped with a warning. A rank-0 (scalar)
+    input forces batches of one sample, fed without the sample axis.
 """
 
 from __future__ import annotations
@@ -38,9 +63,11 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 import zipfile
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -56,23 +83,37 @@ logger = logging.getLogger(__name__)
 Dim = int | str | None
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_SPATIAL = 224
+DEFAULT_SEQUENCE = 128
 DEFAULT_DIM = 1
-#: Random integer inputs are drawn from [0, RANDOM_INT_HIGH): small and non-negative, so
-#: they are valid indices, counts and token ids for almost any model.
+DEFAULT_SAMPLE_RATE = 16000
+#: Random integer inputs that index no table are drawn from [0, RANDOM_INT_HIGH): small
+#: and non-negative, so they are valid counts and small indices for most models.
 RANDOM_INT_HIGH = 10
+
+_SEQUENCE_DIM = re.compile(r"seq|len|token", re.IGNORECASE)
+_MASK_NAME = re.compile(r"(?:.*[_./-])?mask")
+_STATE_NAME = re.compile(r"h|c|h0|c0|hx|cx|state|states|hidden|initial_[hc]|init_[hc]|.+_states?")
+_RATE_NAME = re.compile(r"sr|sample_?rate|sampling_rate")
+#: Ops whose output carries (some of) the values of input 0 (any input for Concat): an
+#: index input followed through them still ends up as indices.
+_VALUE_OPS = frozenset({"Cast", "CastLike", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand",
+                        "Transpose", "Slice", "Tile", "Concat", "Split", "Gather"})
 
 
 @dataclass(frozen=True)
 class InputInfo:
     """One graph input: name, numpy dtype and declared shape.
 
-    ``shape`` items are ints (fixed), strings (named dynamic dims), or None (unnamed
+    ``shape`` items are ints (fixed, > 0), strings (named dynamic dims), or None (unnamed
     dynamic dims). ``shape`` itself is None when the model declares no shape at all.
+    ``index_high``: for an integer input used as ``Gather`` indices, the number of rows of
+    the smallest table it indexes (random values stay below it); None otherwise.
     """
 
     name: str
     dtype: np.dtype
     shape: tuple[Dim, ...] | None
+    index_high: int | None = None
 
     @property
     def rank(self) -> int | None:
@@ -111,15 +152,54 @@ def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
         if tensor.HasField("shape"):
             dims: list[Dim] = []
             for dim in tensor.shape.dim:
-                if dim.HasField("dim_value"):
+                if dim.HasField("dim_value") and dim.dim_value > 0:
                     dims.append(int(dim.dim_value))
                 elif dim.HasField("dim_param") and dim.dim_param:
                     dims.append(dim.dim_param)
-                else:
+                else:  # unnamed, or a dim_value <= 0 (Paddle exports -1 for dynamic)
                     dims.append(None)
             shape = tuple(dims)
         result.append(InputInfo(value.name, _elem_to_dtype(tensor.elem_type, value.name), shape))
-    return result
+    integers = [info.name for info in result if info.dtype.kind in "iu"]
+    bounds = _index_bounds(model.graph, integers) if integers else {}
+    return [InputInfo(i.name, i.dtype, i.shape, bounds.get(i.name)) for i in result]
+
+
+def _index_bounds(graph, names: Iterable[str]) -> dict[str, int]:
+    """{input: rows of the smallest constant table it reaches as ``Gather`` indices}."""
+    import onnx
+
+    tables: dict[str, tuple[int, ...]] = {t.name: tuple(t.dims) for t in graph.initializer}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = defaultdict(list)
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
+                    tables[node.output[0]] = tuple(attr.t.dims)
+        for position, name in enumerate(node.input):
+            if name:
+                consumers[name].append((node, position))
+    bounds: dict[str, int] = {}
+    for start in names:
+        rows: list[int] = []
+        seen, todo = {start}, [start]
+        while todo:
+            for node, position in consumers.get(todo.pop(), ()):
+                if node.op_type == "Gather" and position == 1:
+                    dims = tables.get(node.input[0])
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if dims and -len(dims) <= axis < len(dims) and dims[axis] > 0:
+                        rows.append(int(dims[axis]))
+                elif node.op_type in _VALUE_OPS and (position == 0 or node.op_type == "Concat"):
+                    for out in node.output:
+                        if out and out not in seen:
+                            seen.add(out)
+                            todo.append(out)
+        if rows:
+            bounds[start] = min(rows)
+    return bounds
 
 
 def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
@@ -152,6 +232,141 @@ def detect_channels_last(shape: Sequence[Dim]) -> bool:
     return len(shape) == 4 and shape[3] in (1, 3) and shape[1] not in (1, 3)
 
 
+def _is_dynamic(dim: Dim) -> bool:
+    return not (isinstance(dim, int) and dim > 0)
+
+
+def _base_name(name: str) -> str:
+    """Lower case, without a TensorFlow ``:0`` suffix."""
+    return re.sub(r":\d+$", "", name).lower()
+
+
+def _is_sequence_dim(info: InputInfo, axis: int, dim: Dim) -> bool:
+    if isinstance(dim, str) and _SEQUENCE_DIM.search(dim):
+        return True
+    return info.shape is not None and len(info.shape) == 2 and axis == 1 and info.dtype.kind in "iub"
+
+
+# --------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How samples map onto the model's inputs.
+
+    ``axes``: per-sample inputs and their batch axis (samples stacked on it), or None for
+    an input fed as declared (then a batch is one sample). ``constants``: inputs fed
+    unchanged with every batch. ``zeros``: inputs filled with zeros (recurrent state).
+    """
+
+    axes: dict[str, int | None]
+    constants: frozenset[str] = frozenset()
+    zeros: frozenset[str] = frozenset()
+    rates: frozenset[str] = frozenset()
+    fixed_batch: int | None = None
+    fixed_by: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def _fixed_batch(inputs: Sequence[InputInfo]) -> tuple[int | None, str | None]:
+    """(batch size the model imposes, the input that imposes it): a fixed first dim, or 1
+    for a scalar input; (None, None) when the batch is free."""
+    fixed: dict[str, int] = {}
+    for info in inputs:
+        if info.shape is None:
+            continue
+        if len(info.shape) == 0:
+            fixed[info.name] = 1
+        elif not _is_dynamic(info.shape[0]):
+            fixed[info.name] = info.shape[0]
+    values = set(fixed.values())
+    if len(values) > 1:
+        detail = ", ".join(f"'{n}'={v}" for n, v in fixed.items())
+        raise InputError(f"the model's inputs have different fixed first dimensions ({detail}); cannot batch samples")
+    if not fixed:
+        return None, None
+    name, value = next(iter(fixed.items()))
+    return value, name
+
+
+def _first_axis_layout(inputs: Sequence[InputInfo]) -> _Layout:
+    """Data files and images: samples on the first axis of every input, scalars as declared."""
+    fixed, by = _fixed_batch(inputs)
+    axes = {i.name: None if i.shape is not None and len(i.shape) == 0 else 0 for i in inputs}
+    return _Layout(axes, fixed_batch=fixed, fixed_by=by)
+
+
+def _infer_layout(inputs: Sequence[InputInfo]) -> _Layout:
+    """The batch axis of every input of a random source; see the module docstring."""
+    rates = [i for i in inputs if _RATE_NAME.fullmatch(_base_name(i.name)) and i.shape is not None
+             and all(d == 1 for d in i.shape)]
+    states = [i for i in inputs if i not in rates and i.shape and _STATE_NAME.fullmatch(_base_name(i.name))
+              and sum(map(_is_dynamic, i.shape)) <= 1]
+    primary = [i for i in inputs if i not in rates and i not in states]
+    if not primary:
+        primary, states = states, []
+    scalars = [i for i in primary if i.shape is not None and len(i.shape) == 0]
+    ranked = [i for i in primary if i not in scalars]
+    dynamic = [i for i in ranked if i.shape is None or any(map(_is_dynamic, i.shape))]
+
+    axes: dict[str, int | None] = {}
+    constants: set[str] = set()
+    notes: list[str] = []
+    fixed: dict[str, int] = {}
+    label = next((d for s in states for d in s.shape if isinstance(d, str)
+                  and dynamic and all(i.shape is not None and d in i.shape for i in dynamic)), None)
+    if label is not None:
+        axes.update({i.name: i.shape.index(label) for i in dynamic})
+    elif dynamic and all(i.shape is None or _is_dynamic(i.shape[0]) for i in dynamic):
+        axes.update({i.name: 0 for i in dynamic})
+    batch_dynamic = bool(axes)
+    if batch_dynamic:
+        constants.update(i.name for i in ranked if i.name not in axes)
+    else:
+        firsts = {i.name: i.shape[0] for i in ranked if i.shape is not None and not _is_dynamic(i.shape[0])}
+        if len(set(firsts.values())) <= 1:
+            axes.update({i.name: 0 for i in ranked})
+            fixed.update(firsts)
+        else:
+            axes.update({i.name: None for i in ranked})
+            detail = ", ".join(f"'{i.name}' {i.shape_str()}" for i in ranked)
+            notes.append(f"inputs {detail} have different fixed first dimensions: each sample is fed as declared")
+    axes.update({i.name: None for i in scalars})
+
+    pinned: str | None = None
+    for state in states:
+        dims = state.shape
+        if label is not None and label in dims:
+            axes[state.name] = dims.index(label)
+        elif any(map(_is_dynamic, dims)):
+            axes[state.name] = next(a for a, d in enumerate(dims) if _is_dynamic(d))
+        else:
+            constants.add(state.name)
+            if batch_dynamic and pinned is None:
+                pinned = state.name
+    constants.update(i.name for i in rates)
+
+    declared = [name for name, axis in axes.items() if axis is None]
+    if declared or pinned:
+        by = declared[0] if declared else pinned
+        if pinned and not declared:
+            notes.append(f"state input '{pinned}' has a fixed shape: one sample per batch")
+        if any(k > 1 for k in fixed.values()):  # k samples and one sample at once: feed those as declared too
+            axes.update({name: None for name in fixed})
+        fixed_batch: int | None = 1
+    elif fixed:
+        by, fixed_batch = next(iter(fixed.items()))
+    else:
+        by, fixed_batch = None, None
+    if states:
+        notes.append(f"random inputs: {', '.join(repr(s.name) for s in states)} (recurrent state) are zeros")
+    if rates:
+        notes.append(f"random inputs: {', '.join(repr(r.name) for r in rates)} = {DEFAULT_SAMPLE_RATE} (sample rate)")
+    per_sample = {name: axis for name, axis in axes.items() if name not in constants}
+    return _Layout(per_sample, frozenset(constants), frozenset(s.name for s in states),
+                   frozenset(r.name for r in rates), fixed_batch, by, tuple(notes))
+
+
 def resolve_shapes(
     inputs: Sequence[InputInfo],
     overrides: Mapping[str, tuple[int, ...]] | None = None,
@@ -167,6 +382,7 @@ def resolve_shapes(
     if batch_size < 1:
         raise UsageError(f"batch size must be at least 1, got {batch_size}")
 
+    layout = _infer_layout(inputs)
     shapes: dict[str, tuple[int, ...]] = {}
     defaulted: list[str] = []
     for info in inputs:
@@ -175,17 +391,23 @@ def resolve_shapes(
             continue
         if info.shape is None:
             raise UsageError(f"input '{info.name}' has no shape in the model; give --input-shape {info.name}:DIMS")
+        batch_axis = layout.axes.get(info.name)
         dims: list[int] = []
         notes: list[str] = []
         spatial = (1, 2) if detect_channels_last(info.shape) else (2, 3)
         for axis, dim in enumerate(info.shape):
-            if isinstance(dim, int) and dim > 0:
+            if not _is_dynamic(dim):
                 dims.append(dim)
                 continue
-            if axis == 0:
+            if axis == batch_axis or (batch_axis is None and axis == 0):
                 dims.append(batch_size)
                 continue
-            value = DEFAULT_SPATIAL if len(info.shape) == 4 and axis in spatial else DEFAULT_DIM
+            if len(info.shape) == 4 and axis in spatial:
+                value = DEFAULT_SPATIAL
+            elif _is_sequence_dim(info, axis, dim):
+                value = DEFAULT_SEQUENCE
+            else:
+                value = DEFAULT_DIM
             dims.append(value)
             label = f" ({dim})" if isinstance(dim, str) else ""
             notes.append(f"{axis}{label}={value}")
@@ -208,7 +430,7 @@ def _check_override(info: InputInfo, dims: tuple[int, ...]) -> tuple[int, ...]:
             f"--input-shape {spec} has rank {len(dims)} but input '{info.name}' {info.shape_str()} has rank {len(info.shape)}"
         )
     for axis, (want, have) in enumerate(zip(dims, info.shape, strict=True)):
-        if isinstance(have, int) and have > 0 and have != want:
+        if not _is_dynamic(have) and have != want:
             raise UsageError(
                 f"--input-shape {spec}: dim {axis} of input '{info.name}' {info.shape_str()} is fixed at {have}"
             )
@@ -229,27 +451,6 @@ class Batch:
         return len(self.ids)
 
 
-def _fixed_batch(inputs: Sequence[InputInfo]) -> tuple[int | None, str | None]:
-    """(batch size the model imposes, the input that imposes it): a fixed first dim, or 1
-    for a scalar input; (None, None) when the batch is free."""
-    fixed: dict[str, int] = {}
-    for info in inputs:
-        if info.shape is None:
-            continue
-        if len(info.shape) == 0:
-            fixed[info.name] = 1
-        elif isinstance(info.shape[0], int) and info.shape[0] > 0:
-            fixed[info.name] = info.shape[0]
-    values = set(fixed.values())
-    if len(values) > 1:
-        detail = ", ".join(f"'{n}'={v}" for n, v in fixed.items())
-        raise InputError(f"the model's inputs have different fixed first dimensions ({detail}); cannot batch samples")
-    if not fixed:
-        return None, None
-    name, value = next(iter(fixed.items()))
-    return value, name
-
-
 class DataSource:
     """A sized, sliceable stream of samples; subclasses implement :meth:`_read`.
 
@@ -258,10 +459,13 @@ class DataSource:
     nothing until iterated.
     """
 
-    def __init__(self, inputs: Sequence[InputInfo], size: int, what: str):
+    def __init__(self, inputs: Sequence[InputInfo], size: int, what: str, layout: _Layout | None = None):
         self.inputs: tuple[InputInfo, ...] = tuple(inputs)
         self.what = what
-        self.fixed_batch, self._fixed_by = _fixed_batch(self.inputs)
+        self.layout = layout if layout is not None else _first_axis_layout(self.inputs)
+        self.fixed_batch, self._fixed_by = self.layout.fixed_batch, self.layout.fixed_by
+        #: Arrays fed unchanged with every batch (recurrent state, sample rate).
+        self.constants: dict[str, np.ndarray] = {}
         self._total = size
         self._start = 0
         self._stop = size
@@ -281,7 +485,8 @@ class DataSource:
         return f"<{type(self).__name__} {len(self)} samples [{self._start}:{self._stop}] {self.description}>"
 
     def _read(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], list[str]]:
-        """Samples ``start:stop`` (absolute indices), each array with a leading sample axis."""
+        """Samples ``start:stop`` (absolute indices) of the per-sample inputs, each array
+        with a leading sample axis."""
         raise NotImplementedError
 
     def subset(self, start: int, stop: int | None = None) -> DataSource:
@@ -318,23 +523,22 @@ class DataSource:
                 "the model takes batches of exactly %d samples: the last %d of %d samples are not used",
                 size, len(self) - usable, len(self),
             )
-        scalars = {i.name for i in self.inputs if i.shape is not None and len(i.shape) == 0}
         end = self._start + usable
         for start in range(self._start, end, size):
-            feeds, ids = self._read(start, min(start + size, end))
-            for name in scalars:
-                feeds[name] = feeds[name].reshape(())
+            read, ids = self._read(start, min(start + size, end))
+            feeds: dict[str, np.ndarray] = {}
+            for info in self.inputs:
+                if info.name in self.constants:
+                    feeds[info.name] = self.constants[info.name]
+                    continue
+                array = read[info.name]
+                axis = self.layout.axes.get(info.name, 0)
+                if axis is None:  # fed as declared: the batch is this one sample
+                    array = array.reshape(array.shape[1:])
+                elif axis:
+                    array = np.ascontiguousarray(np.moveaxis(array, 0, axis))
+                feeds[info.name] = array
             yield Batch(feeds, ids)
-
-
-def _sample_shapes(inputs: Sequence[InputInfo], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-    result = {}
-    for info in inputs:
-        if info.name not in shapes:
-            raise UsageError(f"no shape for input '{info.name}'")
-        shape = tuple(shapes[info.name])
-        result[info.name] = shape[1:] if shape else ()
-    return result
 
 
 class RandomSource(DataSource):
@@ -344,23 +548,44 @@ class RandomSource(DataSource):
         for info in inputs:
             if info.dtype.kind not in "fiub":
                 raise InputError(f"input '{info.name}' has dtype {info.dtype}: random data covers numbers and bools only")
-        super().__init__(inputs, num_samples, f"random samples (seed {seed})")
+        layout = _infer_layout(inputs)
+        super().__init__(inputs, num_samples, f"random samples (seed {seed})", layout)
+        for note in layout.notes:
+            logger.info("%s", note)
         self.seed = seed
-        self.sample_shapes = _sample_shapes(inputs, shapes)
+        self.sample_shapes: dict[str, tuple[int, ...]] = {}
+        full: dict[str, tuple[int, ...]] = {}
+        for info in inputs:
+            if info.name not in shapes:
+                raise UsageError(f"no shape for input '{info.name}'")
+            full[info.name] = shape = tuple(shapes[info.name])
+            axis = layout.axes.get(info.name)
+            self.sample_shapes[info.name] = shape if axis is None else shape[:axis] + shape[axis + 1:]
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))  # not a sample's stream
+        self.constants = {info.name: self._value(info, full[info.name], rng)
+                          for info in inputs if info.name in layout.constants}
+
+    def _value(self, info: InputInfo, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        if info.name in self.layout.zeros:
+            return np.zeros(shape, info.dtype)
+        if info.name in self.layout.rates:
+            return np.full(shape, DEFAULT_SAMPLE_RATE).astype(info.dtype)
+        if _MASK_NAME.fullmatch(_base_name(info.name)):
+            return np.ones(shape, info.dtype)
+        if info.dtype.kind == "f":
+            return rng.standard_normal(shape, dtype=np.float32).astype(info.dtype)
+        if info.dtype.kind in "iu":
+            high = min(info.index_high or RANDOM_INT_HIGH, int(np.iinfo(info.dtype).max) + 1)
+            return rng.integers(0, high, size=shape).astype(info.dtype)
+        return rng.random(shape) < 0.5
 
     def _read(self, start: int, stop: int) -> tuple[dict[str, np.ndarray], list[str]]:
-        columns: dict[str, list[np.ndarray]] = {info.name: [] for info in self.inputs}
+        per_sample = [info for info in self.inputs if info.name not in self.constants]
+        columns: dict[str, list[np.ndarray]] = {info.name: [] for info in per_sample}
         for index in range(start, stop):
             rng = np.random.default_rng([self.seed, index])
-            for info in self.inputs:
-                shape = self.sample_shapes[info.name]
-                if info.dtype.kind == "f":
-                    value = rng.standard_normal(shape, dtype=np.float32).astype(info.dtype)
-                elif info.dtype.kind in "iu":
-                    value = rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(info.dtype)
-                else:
-                    value = rng.random(shape) < 0.5
-                columns[info.name].append(value)
+            for info in per_sample:
+                columns[info.name].append(self._value(info, self.sample_shapes[info.name], rng))
         feeds = {name: np.stack(values) for name, values in columns.items()}
         return feeds, [str(i) for i in range(start, stop)]
 
@@ -371,11 +596,25 @@ def random_source(
     num_samples: int = 8,
     seed: int = 0,
 ) -> DataSource:
-    """Random samples at ``shapes[name][1:]``: floats standard-normal, ints in [0, 10),
-    bools fair coins. Deterministic across runs, batchings and subsets."""
+    """Seeded random samples at ``shapes`` (batch axis included, see :func:`resolve_shapes`),
+    with values the model can take (module docstring). Deterministic across runs,
+    batchings and subsets."""
     if num_samples < 1:
         raise UsageError(f"number of samples must be at least 1, got {num_samples}")
     return RandomSource(inputs, shapes, num_samples, seed)
+
+
+def random_feeds(
+    model: onnx.ModelProto,
+    num_samples: int,
+    seed: int = 0,
+    input_shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """``num_samples`` feeds of one sample each (e.g. random calibration), from
+    :func:`random_source` for ``model``'s inputs."""
+    inputs = model_inputs(model)
+    source = random_source(inputs, resolve_shapes(inputs, input_shapes, 1), num_samples, seed)
+    return (batch.feeds for batch in source.batches(1))
 
 
 # --------------------------------------------------------------------------- arrays

@@ -230,10 +230,13 @@ def test_scalar_inputs_are_fed_without_the_sample_axis():
     assert [b.feeds["x"].shape for b in batches] == [(1, 3), (1, 3)]
 
 
-def test_conflicting_fixed_first_dims_are_refused():
+def test_conflicting_fixed_first_dims_are_refused_for_data_files(tmp_path):
+    """Random sources feed such inputs as declared (test_random_inputs.py); data files
+    hold samples on the first axis, which these inputs cannot share."""
     inputs = [info("a", (2, 3)), info("b", (3, 3))]
+    np.savez(tmp_path / "d.npz", a=np.zeros((4, 3), np.float32), b=np.zeros((4, 3), np.float32))
     with pytest.raises(InputError, match="different fixed first dimensions"):
-        random_source(inputs, resolve_shapes(inputs, {}))
+        open_data(tmp_path / "d.npz", inputs)
 
 
 def test_random_source_refuses_string_inputs():
