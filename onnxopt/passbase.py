@@ -96,6 +96,7 @@ class PassContext:
     evaluator: CandidateEvaluator | None = None
     time_budget: float | None = None  # seconds a search pass may spend
     save_config: str | None = None  # where a search pass writes the plain pipeline it found
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # --input-shape: concrete shapes the user gave
 
     def calibration_batches(self) -> Iterable[Feeds]:
         if self.calibration is None:

@@ -28,15 +28,21 @@ search-split figures are optimistic for data the search did not see):
    When it holds and runs faster than the original, layer latencies are measured in the
    quantized domain and the budget is *shared*: the decomposition alone must keep the
    metric within the budget minus what quantization already costs.
-3. **Per-layer latency gain**: a single-layer model (the layer at its real input shape, from
-   shape inference) and the same model with that layer decomposed (the decomposition pass
+3. **Per-layer latency gain**: a single-layer model (the layer at its real input shape) and
+   the same model with that layer decomposed (the decomposition pass
    with ``include=`` the node), quantized like the final model would be (with a quantized
    consumer after the layer, see :func:`_with_quantized_consumer`), timed interleaved on
    the target, fastest runs compared. Each method is first tried at its most aggressive level; only methods
    that save at least ``min_layer_speedup`` there are measured at the other levels (a rank
    that does not pay at the lowest level does not pay at a higher one). Candidates that do
    not save time are declined without any accuracy measurement — on small models this
-   declines nearly everything and keeps the search fast.
+   declines nearly everything and keeps the search fast. The real input shape: shape
+   inference with the graph inputs fixed at the shapes of the evaluator's first batch (what
+   every score and timing runs on: ``--data`` images at their preprocessed size, or random
+   inputs at ``--input-shape``), else at ``context.input_shapes`` (``--input-shape``);
+   values inference cannot size (computed ``Resize`` sizes, ...) are read off one run of
+   the model. Models with dynamic H and W (PP-OCR, CRAFT) are thus timed at the user's size;
+   only without any concrete shape is a layer skipped as "input shape unknown (dynamic)".
 4. **Per-layer sensitivity**: for the (at most ``per_layer``) best time-saving candidates of
    each layer, the whole model with that layer alone decomposed is scored on the search
    split — all of it when that is cheap (under 3 s a score), else its first 16 samples
@@ -75,7 +81,20 @@ rebuilds only the chosen model. ``cache=false`` measures everything afresh.
 Time: ``time_budget`` (or ``context.time_budget``) bounds the search; each phase stops
 adding measurements when what is left would not cover finishing (the final builds,
 verifications and timing, estimated from the costs measured so far), and the search
-finishes with the best model verified by then.
+finishes with the best model verified by then. The report's ``seconds_by_phase`` ({phase:
+seconds}) and ``phases`` (per phase: seconds, share, and the builds, scores and timed models
+with their seconds) say where the time went: layer shapes, original, quantization
+baseline, layer timing, layer sensitivity, search, final candidates, final timing, holdout
+verification, other. Bounds on the costly parts of a large model (a CRAFT detector at
+384×512 spent 842 of 877 s on its int8 baseline): whole-model timings use as many rounds as
+fit in WHOLE_MODEL_SECONDS per model (at least WHOLE_MODEL_MIN_RUNS; a 3-round probe of the
+original decides), not ``latency_runs`` (2 × 23 runs of a 1.5 s model per comparison); each
+quantization attempt calibrates afresh on the whole search split (about 1 s per sample for
+PP-OCR at 320×320 with percentile histograms, more for wider models), so a further attempt
+(more layers excluded) is made only when the last one cost at most a third of the time left;
+and once a whole-split score is known to take over 3 s, an attempt is first scored on 16
+samples, and one that fails the budget there (worst-sample cosine, top-1 flips: failing on a
+subset proves failing on the whole) is not scored on the whole split.
 
 Evaluator extensions used when present (``onnxopt.validate.evaluator.SplitEvaluator`` has
 them; a minimal evaluator works without): ``score(..., limit=N)`` for cheap per-layer
@@ -86,6 +105,7 @@ adds time, so the fastest runs compare models best on a shared machine),
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -115,6 +135,18 @@ _SENSITIVITY_EPS = 1e-4
 AUTO_SENSITIVITY_SECONDS = 3.0  # sensitivities on the whole search split when a score costs less
 AUTO_SENSITIVITY_SAMPLES = 16  # ... else on this many first samples
 CACHE_VERSION = 1
+# whole-model timings: as many rounds as fit in about this many seconds per model, between these bounds
+# (a 1.5 s detector timed 2 × 23 rounds per model per comparison spent minutes on timing alone)
+WHOLE_MODEL_SECONDS = 4.0
+WHOLE_MODEL_MIN_RUNS = 5
+LATENCY_PROBE_RUNS = 3
+# the phases of the report's time table, in order ("final timing" and "holdout verification" run inside the
+# final choice; each second is counted in the innermost phase)
+PHASES = ("layer shapes", "original", "quantization baseline", "layer timing", "layer sensitivity", "search",
+          "final candidates", "final timing", "holdout verification")
+# a further quantization attempt (more layers excluded) only when the last one cost at most this share
+# of the time left (each attempt calibrates afresh: minutes on a large detector)
+AUTO_BASELINE_SHARE = 1 / 3
 
 
 # --------------------------------------------------------------------------- options
@@ -442,7 +474,10 @@ class _Search:
         self.round = self.options.round or (8 if self.target == "cuda" else 16)
         self.steps: list[dict[str, Any]] = []
         self.pareto: list[dict[str, Any]] = []
-        self.phase_seconds: dict[str, float] = {}
+        self.phase_seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)  # where the time went (innermost phase)
+        self.phase_counts: dict[str, dict[str, int]] = {}  # scores and timed models per phase
+        self._phases: list[list] = []  # open phases: [name, seconds spent in nested phases]
+        self.whole_runs = self.options.latency_runs  # rounds per whole-model timing (bounded by cost)
         self.notes: list[str] = []
         self.stopped: str | None = None
         # measured costs, for the time reserve
@@ -484,7 +519,7 @@ class _Search:
         if self.deadline is None:
             return 0.0
         original = self.original_s or 0.0
-        final_latency = original * 4 * (self.options.latency_runs + 4) + 2.0
+        final_latency = original * 4 * (self.whole_runs + 4) + 2.0
         quant = self.quant_build_s if self.quant_domain else 0.0
         # before the first whole-split score, estimate one from the original's latency
         score = self.full_score_s or 1.5 * original * (self.search_samples or 100)
@@ -499,6 +534,28 @@ class _Search:
                 self.stopped = f"time budget reached during {what} after {self.elapsed():.0f}s"
                 logger.info("auto: %s", self.stopped)
             raise _OutOfTime(what)
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        """Account the time spent inside to ``name``, less the time of phases nested in it."""
+        self.phase_seconds.setdefault(name, 0.0)
+        self._phases.append([name, 0.0])
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - started
+            _, nested = self._phases.pop()
+            self.phase_seconds[name] += spent - nested
+            if self._phases:
+                self._phases[-1][1] += spent
+
+    def _count(self, what: str, n: int, seconds: float) -> None:
+        """Add ``n`` builds, scores or timed models and their seconds to the innermost phase."""
+        name = self._phases[-1][0] if self._phases else "other"
+        counts = self.phase_counts.setdefault(name, {})
+        counts[what] = counts.get(what, 0) + n
+        counts[f"{what}_s"] = counts.get(f"{what}_s", 0.0) + seconds
 
     def step(self, phase: str, tried: str, score: CandidateScore | None = None, **extra: Any) -> dict[str, Any]:
         entry: dict[str, Any] = {"step": len(self.steps) + 1, "phase": phase, "tried": tried,
@@ -516,17 +573,23 @@ class _Search:
         """Run plain passes on a copy of ``base`` (default: the input model): (proto, reports)."""
         from onnxopt.pipeline import run_passes
 
+        started = time.perf_counter()
         model = ir.from_proto(base if base is not None else self.base)
         passes = build_passes(specs, context if context is not None else self.sub_context)
-        result, reports = run_passes(model, passes)
-        return ir.to_proto(result), reports
+        try:
+            result, reports = run_passes(model, passes)
+            return ir.to_proto(result), reports
+        finally:
+            self._count("builds", 1, time.perf_counter() - started)
 
     def score(self, proto, split: str = "search", limit: int | None = None) -> CandidateScore:
         start = time.perf_counter()
-        if limit is not None and self.limit_kw_ok:
-            result = self.evaluator.score(proto, split, limit=limit)
-        else:
-            result = self.evaluator.score(proto, split)
+        with self.phase("holdout verification") if split == "holdout" else contextlib.nullcontext():
+            if limit is not None and self.limit_kw_ok:
+                result = self.evaluator.score(proto, split, limit=limit)
+            else:
+                result = self.evaluator.score(proto, split)
+            self._count("scores", 1, time.perf_counter() - start)
         if limit is None and split == "search":
             self.full_score_s = max(self.full_score_s, time.perf_counter() - start)
         self._note(result, split, limit)
@@ -543,8 +606,13 @@ class _Search:
             if split_info.get("samples"):
                 self.search_samples = int(split_info["samples"])
 
-    def latency(self, protos: list) -> list[float]:
-        return list(self.evaluator.latency(protos, self.options.latency_runs, **self.latency_kw))
+    def latency(self, protos: list, runs: int | None = None) -> list[float]:
+        runs = runs or self.options.latency_runs
+        started = time.perf_counter()
+        try:
+            return list(self.evaluator.latency(protos, runs, **self.latency_kw))
+        finally:
+            self._count("models_timed", len(protos), time.perf_counter() - started)
 
     def cached_score(self, key: str | None, build, split: str = "search", limit: int | None = None):
         """A score from the cache or measured (``build()`` returns the proto)."""
@@ -592,21 +660,19 @@ class _Search:
             self.search_samples = int((described.get("search") or {}).get("samples") or 0) or None
         chosen: _Final | None = None
         try:
-            self.layers = self._enumerate()
+            with self.phase("layer shapes"):
+                self.layers = self._enumerate()
             phases = [("original", self._measure_original), ("quantization baseline", self._quantize_baseline),
-                      ("layer latency", self._measure_layers), ("layer sensitivity", self._measure_sensitivity),
+                      ("layer timing", self._measure_layers), ("layer sensitivity", self._measure_sensitivity),
                       ("search", self._search)]
             for name, phase in phases:
-                started = time.perf_counter()
                 try:
-                    phase()
+                    with self.phase(name):
+                        phase()
                 except _OutOfTime:
-                    self.phase_seconds[name] = round(time.perf_counter() - started, 2)
                     break
-                self.phase_seconds[name] = round(time.perf_counter() - started, 2)
-            started = time.perf_counter()
-            chosen = self._finish()
-            self.phase_seconds["final choice"] = round(time.perf_counter() - started, 2)
+            with self.phase("final candidates"):
+                chosen = self._finish()
         finally:
             warning = self.cache.save()
             if warning:
@@ -622,8 +688,6 @@ class _Search:
     # ------------------------------------------------------------------ 1. layers
 
     def _enumerate(self) -> list[_Layer]:
-        from onnxopt.passes._decompose import static_shapes
-
         graph = self.model.graph
         nodes = [n for n in graph if n.op_type in ("Conv", "Gemm", "MatMul") and n.domain in ("", "ai.onnx")]
         names: dict[str, int] = {}
@@ -631,7 +695,8 @@ class _Search:
             name = node.name or (node.outputs[0].name if node.outputs else "")
             names[name] = names.get(name, 0) + 1
         wanted = [n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None]
-        shapes = static_shapes(self.model, wanted) if nodes else {}
+        self._shapes_fixed = False
+        shapes = self._layer_shapes(wanted) if nodes else {}
         layers = []
         for node in nodes:
             name = node.name or (node.outputs[0].name if node.outputs else "")
@@ -682,7 +747,11 @@ class _Search:
             return f"weight is {weight.ndim}-D (only 2-D weights)"
         x_shape = shapes.get(node.inputs[0].name)
         if x_shape is None or not all(isinstance(d, int) and d > 0 for d in x_shape):
-            return "input shape unknown (dynamic): a single-layer model cannot be timed"
+            if self._shapes_fixed:
+                return ("input shape unknown: neither shape inference nor a run of the model at the data's "
+                        "shapes gave it; a single-layer model cannot be timed")
+            return ("input shape unknown (dynamic): a single-layer model cannot be timed; give the input's "
+                    "shape (--input-shape NAME:DIMS) or data")
         y_shape = shapes.get(node.outputs[0].name)
         if y_shape is not None and not all(isinstance(d, int) and d > 0 for d in y_shape):
             y_shape = None
@@ -725,6 +794,120 @@ class _Search:
         return _Layer(name, node.op_type, kind, node, tuple(int(d) for d in x_shape),
                       tuple(int(d) for d in y_shape) if y_shape else None, tuple(weight.shape), macs, key, methods)
 
+    def _input_shapes(self) -> tuple[dict[str, tuple[int, ...]], dict[str, np.ndarray] | None]:
+        """Concrete shapes of the graph inputs to time layers at, and the feeds they come from.
+
+        The evaluator's first batch (``latency_feeds()``) is what every score and timing runs
+        on, so its shapes come first; inputs it lacks take the user's ``--input-shape``
+        (``context.input_shapes``)."""
+        graph_inputs = {v.name: v for v in self.model.graph.inputs if not v.const_value}
+        given = {k: tuple(int(d) for d in v) for k, v in (getattr(self.context, "input_shapes", None) or {}).items()
+                 if k in graph_inputs}
+        feeds = None
+        getter = getattr(self.evaluator, "latency_feeds", None)
+        if callable(getter):
+            try:
+                feeds = {k: np.asarray(v) for k, v in dict(getter()).items() if k in graph_inputs}
+            except Exception as exc:  # the data may not decode: then shapes come from --input-shape alone
+                from onnxopt.errors import one_line
+
+                self.notes.append(f"layer shapes: the evaluator's first batch is not available ({one_line(exc)})")
+        shapes = dict(given)
+        origin = {name: "--input-shape" for name in given}
+        for name, array in (feeds or {}).items():
+            shape = tuple(int(d) for d in array.shape)
+            if name in given and given[name] != shape:
+                self.notes.append(f"layer shapes: input '{name}' is {'×'.join(map(str, shape))} in the data and "
+                                  f"{'×'.join(map(str, given[name]))} in --input-shape; layers are timed at the "
+                                  "data's shape (what the search scores and times)")
+            shapes[name] = shape
+            origin[name] = "data (first batch)"
+        self.report.figures["layer_shapes"] = {
+            "inputs": {name: list(shape) for name, shape in shapes.items()},
+            "from": {name: origin[name] for name in shapes},
+        }
+        return shapes, feeds
+
+    def _layer_shapes(self, wanted: list[str]) -> dict[str, tuple[int | None, ...]]:
+        """Value name → shape, with the graph inputs fixed at the data's or the user's shapes.
+
+        ONNX shape inference (with data propagation), and for values still unknown (shapes
+        computed at run time: Resize to a computed size, Shape → Slice → Reshape chains) one
+        run of the model on the first batch with those values as extra outputs. Without concrete input shapes: the
+        dynamic batch fixed to 1, other dynamic dimensions unknown (as before)."""
+        import onnx
+        from onnxopt.passes._decompose import _collect_shapes, _known, static_shapes
+
+        fixed, feeds = self._input_shapes()
+        info = self.report.figures["layer_shapes"]
+        if not fixed:
+            info["inferred_by"] = "shape inference (dynamic batch fixed to 1)"
+            return static_shapes(self.model, wanted)
+        self._shapes_fixed = True
+        light = onnx.ModelProto()
+        light.CopyFrom(self.base)
+        for tensor in light.graph.initializer:
+            if len(tensor.raw_data) > 4096:  # shapes need dims, not the weights themselves
+                tensor.ClearField("raw_data")
+        _fix_input_dims(light, fixed)
+        del light.graph.value_info[:]  # stale shapes from the export would contradict the fixed ones
+        shapes: dict[str, tuple[int | None, ...]] = {}
+        how = ["ONNX shape inference"]
+        try:
+            _collect_shapes(onnx.shape_inference.infer_shapes(light, data_prop=True), shapes)
+        except Exception as exc:
+            logger.info("auto: ONNX shape inference failed (%s)", exc)
+        # no symbolic shape inference here: where it is incomplete, onnxruntime dumps the model
+        # (sym_shape_infer_temp.onnx + a .data file) into the working directory; one run is exact
+        missing = [name for name in dict.fromkeys(wanted) if not _known(shapes.get(name))]
+        if missing:
+            ran = self._run_for_shapes(missing, fixed, feeds)
+            if ran:
+                shapes.update(ran)
+                how.append(f"one run of the model ({len(ran)} values)")
+        info["inferred_by"] = " + ".join(how)
+        return shapes
+
+    def _run_for_shapes(self, names: list[str], fixed: dict[str, tuple[int, ...]],
+                        feeds: dict[str, np.ndarray] | None) -> dict[str, tuple[int, ...]]:
+        """Shapes of ``names`` read off one onnxruntime run of the model (CPU, optimizations
+        off) on the first batch, or seeded random inputs at the fixed shapes."""
+        import onnx
+        import onnxruntime as ort
+
+        from onnxopt.io import runnable_bytes
+
+        self.progress("running the model once to read its layers' shapes")
+        full = onnx.ModelProto()
+        full.CopyFrom(self.base)
+        _fix_input_dims(full, fixed)
+        outputs = {o.name for o in full.graph.output}
+        full.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in outputs)
+        try:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            options.intra_op_num_threads = getattr(self.evaluator, "threads", None) or 1
+            options.log_severity_level = 3
+            session = ort.InferenceSession(runnable_bytes(full), options, providers=["CPUExecutionProvider"])
+            rng = np.random.default_rng(0)
+            ready = {}
+            for value in session.get_inputs():
+                dtype = np.dtype(_ORT_NUMPY.get(value.type, np.float32))
+                if feeds is not None and value.name in feeds:
+                    ready[value.name] = feeds[value.name].astype(dtype, copy=False)
+                elif value.name in fixed:
+                    ready[value.name] = (rng.standard_normal(fixed[value.name]) if dtype.kind == "f" else
+                                         np.zeros(fixed[value.name])).astype(dtype)
+                else:
+                    return {}
+            values = session.run(names, ready)
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            from onnxopt.errors import one_line
+
+            self.notes.append(f"layer shapes: the model did not run at the given shapes ({one_line(exc)})")
+            return {}
+        return {name: tuple(int(d) for d in np.shape(value)) for name, value in zip(names, values, strict=True)}
+
     # ------------------------------------------------------------------ 2. original and quantization
 
     def _measure_original(self) -> None:
@@ -736,9 +919,24 @@ class _Search:
         if hit is not None:
             self.original_s = hit["s"]
         else:
-            self.original_s = self.latency([self.base])[0]
+            # a short probe first: a slow model gets fewer rounds in every whole-model timing
+            self.original_s = self.latency([self.base], LATENCY_PROBE_RUNS)[0]
+            runs = self._whole_model_runs(self.original_s)
+            if runs > LATENCY_PROBE_RUNS:
+                again = self.latency([self.base], runs)[0]
+                self.original_s = min(self.original_s, again) if self.latency_kw else again
             self.cache.put("latency", key, {"s": self.original_s})
+        self.whole_runs = self._whole_model_runs(self.original_s)
+        self.report.figures["whole_model_timing_runs"] = self.whole_runs
         self.step("original", "original model", latency_ms=self.original_s * 1e3)
+
+    def _whole_model_runs(self, seconds: float | None) -> int:
+        """Rounds per whole-model timing: ``latency_runs``, fewer for a model so slow that they
+        would take more than WHOLE_MODEL_SECONDS (at least WHOLE_MODEL_MIN_RUNS)."""
+        runs = self.options.latency_runs
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+            return runs
+        return min(runs, max(WHOLE_MODEL_MIN_RUNS, math.ceil(WHOLE_MODEL_SECONDS / seconds)))
 
     def _latency_env(self) -> dict[str, Any]:
         import onnxruntime
@@ -764,9 +962,19 @@ class _Search:
                 ends = tuple(dict.fromkeys(weight_nodes[:k] + weight_nodes[-k:]))
                 if ends != attempts[-1]:
                     attempts.append(ends)
+        attempt_s = 0.0  # what the last attempt cost (calibration, scores)
+        stopped = False
         for index, names in enumerate(attempts):
             if index > 0:
                 self.check_time("quantization baseline")
+                spare = self.time_left() - self.reserve()
+                if attempt_s > AUTO_BASELINE_SHARE * spare:
+                    self.notes.append(
+                        f"{self.options.quantize}: stopped excluding layers after {index} attempt(s): one more "
+                        f"would take about {attempt_s:.0f}s, over {AUTO_BASELINE_SHARE:.0%} of the {spare:.0f}s "
+                        "left for the search")
+                    stopped = True
+                    break
             exclude = tuple(glob.escape(n) for n in names)
             specs = [self._quant_spec(exclude)]
             label = self.options.quantize + (f" excluding {len(names)} layers" if names else " alone")
@@ -775,16 +983,35 @@ class _Search:
             built: dict[str, Any] = {}
 
             def build(specs=specs, built=built):
-                proto, reports = self.apply(specs, self._quant_context())
-                built["proto"], built["report"] = proto, reports[0]
-                return proto
+                if "proto" not in built:  # built once for the screen and the whole split
+                    proto, reports = self.apply(specs, self._quant_context())
+                    built["proto"], built["report"] = proto, reports[0]
+                return built["proto"]
 
+            result, proto = None, None
+            attempt_started = time.perf_counter()
+            screen = self._screen_samples()  # from the first attempt on, the whole-split score's cost is known
             try:
-                result, proto = self.cached_score(self.score_key(specs, "search"), build)
+                if screen:
+                    # scoring the whole split costs seconds per sample on large models: an attempt that
+                    # fails the budget on its first samples fails it on the whole split
+                    first, _ = self.cached_score(self.score_key(specs, "search", screen), build, limit=screen)
+                    report = built.get("report")
+                    if report is not None and report.skipped_reason:
+                        result = first
+                    elif self._subset_breaks_budget(first, screen):
+                        self.step("quantization", f"{label} (first {screen} samples)", first,
+                                  excluded=list(names), note="breaks the budget: not scored on the whole split")
+                        attempt_s = time.perf_counter() - attempt_started
+                        continue
+                if result is None:
+                    result, proto = self.cached_score(self.score_key(specs, "search"), build)
             except OnnxoptError as exc:
                 self.step("quantization", label, note=f"failed: {exc}")
                 self.notes.append(f"{label}: failed ({exc})")
                 break
+            attempt_s = time.perf_counter() - attempt_started
+            proto = built.get("proto", proto)
             report = built.get("report")
             if report is not None and report.skipped_reason:
                 self.step("quantization", label, note=f"skipped: {report.skipped_reason}")
@@ -805,8 +1032,9 @@ class _Search:
                 self.q_final = self.q_contenders[-1]
                 break
         if not self.quant_ok:
-            self.notes.append(f"{self.options.quantize} breaks the budget even with the first/last layers "
-                              "excluded: decomposition is searched alone")
+            self.notes.append(f"{self.options.quantize} breaks the budget" + (
+                " in the attempts made" if stopped else " even with the first/last layers excluded") +
+                ": decomposition is searched alone")
             return
         # time it against the original: measured in the quantized domain only when it pays
         self._time_finals([self.q_final])
@@ -821,6 +1049,35 @@ class _Search:
             measured = f"{speedup:.2f}×" if speedup else "did not run"
             self.notes.append(f"{self.options.quantize} meets the budget but is not faster than the original "
                               f"on {self.target} ({measured}): layer latencies are measured unquantized")
+
+    def _screen_samples(self) -> int | None:
+        """Samples to screen quantization attempts on before scoring the whole search split:
+        AUTO_SENSITIVITY_SAMPLES where a whole-split score would take over
+        AUTO_SENSITIVITY_SECONDS and failing on a subset proves failing on the whole split
+        (worst-sample cosine, top-1 flips); else None."""
+        if not self.limit_kw_ok or getattr(self.evaluator, "metric", "cosine_min") not in ("cosine_min",
+                                                                                            "top1_agreement"):
+            return None
+        samples = self.search_samples or 0
+        if samples < 2 * AUTO_SENSITIVITY_SAMPLES:
+            return None
+        estimate = self.full_score_s or 1.3 * (self.original_s or 0.0) * samples
+        return AUTO_SENSITIVITY_SAMPLES if estimate >= AUTO_SENSITIVITY_SECONDS else None
+
+    def _subset_breaks_budget(self, result: CandidateScore, samples: int) -> bool:
+        """Whether a score on the first ``samples`` samples proves that the whole search split
+        misses the budget itself (not only the margin)."""
+        threshold = result.details.get("threshold", self.threshold)
+        if threshold is None:
+            return False
+        if not math.isfinite(result.value):
+            return bool(result.failures)  # does not load or run: it will not on more samples either
+        if result.metric == "cosine_min":  # the worst sample of a subset bounds the whole split's
+            return result.value < threshold - 1e-12
+        if result.metric == "top1_agreement" and self.search_samples:
+            flips = round((1.0 - result.value) * samples)
+            return flips > math.floor((1.0 - threshold) * self.search_samples + 1e-9)
+        return False
 
     def _quant_context(self) -> PassContext:
         return PassContext(
@@ -926,10 +1183,13 @@ class _Search:
 
         spec = PassSpec(candidate.method, self._decomposition_options(candidate, [candidate.layer], tiny=True))
         model = ir.from_proto(tiny)
+        started = time.perf_counter()
         try:
             result, reports = run_passes(model, build_passes([spec], PassContext()))
         except OnnxoptError as exc:
             return None, f"decomposition failed: {exc}"
+        finally:
+            self._count("builds", 1, time.perf_counter() - started)
         report = reports[0]
         if not report.applied:
             reason = report.skipped[0]["reason"] if report.skipped else (report.skipped_reason or "not applied")
@@ -947,7 +1207,11 @@ class _Search:
             proto = _with_quantized_consumer(proto)
         else:
             spec = _pass_spec(self.options.quantize, {})
-        result, reports = run_passes(ir.from_proto(proto), build_passes([spec], PassContext()))
+        started = time.perf_counter()
+        try:
+            result, reports = run_passes(ir.from_proto(proto), build_passes([spec], PassContext()))
+        finally:
+            self._count("builds", 1, time.perf_counter() - started)
         if reports[0].skipped_reason:
             raise OnnxoptError(f"{self.options.quantize} of the single-layer model: {reports[0].skipped_reason}")
         return ir.to_proto(result)
@@ -1324,7 +1588,8 @@ class _Search:
         if not ready:
             return
         protos = [self.base, *(final.proto for final in ready)]
-        times = [min(a, b) for a, b in zip(self.latency(protos), self.latency(protos), strict=True)]
+        runs = self.whole_runs
+        times = [min(a, b) for a, b in zip(self.latency(protos, runs), self.latency(protos, runs), strict=True)]
         for final, seconds in zip(ready, times[1:], strict=True):
             # scaled by the original's time in the same measurement: the ratio is what is stable
             final.latency_s = self.original_s * seconds / times[0] if self.original_s and times[0] else seconds
@@ -1354,7 +1619,8 @@ class _Search:
             else:
                 contenders.append(final)
         self.progress("timing the final candidates")
-        self._time_finals(contenders)
+        with self.phase("final timing"):
+            self._time_finals(contenders)
         for final in contenders:
             if final.latency_s:
                 self.pareto.append({"setting": final.label, "layers": len(final.selection),
@@ -1481,7 +1747,7 @@ class _Search:
         report.figures["pipeline"] = [str(s) for s in chosen.specs] if chosen else []
         report.figures["steps"] = self.steps
         report.figures["pareto"] = _pareto(self.pareto)
-        report.figures["seconds_by_phase"] = self.phase_seconds
+        report.figures["seconds_by_phase"], report.figures["phases"] = self._phase_table()
         report.figures["seconds"] = round(self.elapsed(), 1)
         report.figures["time_budget"] = (None if self.deadline is None else round(self.deadline - self.start, 1))
         if self.stopped:
@@ -1495,6 +1761,25 @@ class _Search:
             report.figures["notes"] = self.notes
         if self.options.quantize == "fp16" and self.target == "cpu":
             report.warn("fp16 targets CUDA: on CPU it usually runs slower (0.9× measured here)")
+
+    def _phase_table(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """{phase: seconds} and one row per phase: its seconds and share of the pass, and how
+        many models it built (passes run: calibration, decomposition, refit), scored and
+        timed, with the seconds each took. Each second is counted once, in the innermost
+        phase (holdout verification and final timing are nested in the final choice);
+        "other" is the rest (cache, report)."""
+        total = max(self.elapsed(), 1e-9)
+        seconds = {name: round(value, 2) for name, value in self.phase_seconds.items()}
+        seconds["other"] = round(max(0.0, total - sum(self.phase_seconds.values())), 2)
+        rows = []
+        for name, value in seconds.items():
+            counts = self.phase_counts.get(name, {})
+            row: dict[str, Any] = {"phase": name, "seconds": value, "share": round(value / total, 3)}
+            for what in ("builds", "scores", "models_timed"):
+                row[what] = counts.get(what, 0)
+                row[f"{what}_s"] = round(counts.get(f"{what}_s", 0.0), 2)
+            rows.append(row)
+        return seconds, rows
 
     def _why_not(self, chosen: _Final | None) -> str:
         finals = {f.label: f for f in self.finals}
@@ -1532,6 +1817,29 @@ class _Search:
         text = header + yaml.safe_dump({"passes": entries}, sort_keys=False, allow_unicode=True)
         write_text_atomic(self.context.save_config, text)
         self.report.figures["saved_config"] = str(self.context.save_config)
+
+
+_ORT_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int8)": np.int8,
+              "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
+
+
+def _fix_input_dims(proto, fixed: dict[str, tuple[int, ...]]) -> None:
+    """Set the graph inputs' dimensions to ``fixed`` (same rank only); a dynamic leading
+    dimension of any other input becomes 1."""
+    initializers = {t.name for t in proto.graph.initializer}
+    for value in proto.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shape = fixed.get(value.name)
+        if shape is not None and len(shape) == len(dims):
+            for dim, size in zip(dims, shape, strict=True):
+                dim.Clear()
+                dim.dim_value = int(size)
+        elif dims and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+            dims[0].Clear()
+            dims[0].dim_value = 1
 
 
 def _with_quantized_consumer(proto):

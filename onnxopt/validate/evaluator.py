@@ -278,6 +278,11 @@ class SplitEvaluator:
             self._latency_feeds = dict(next(iter(source.batches(self.batch_size))).feeds)
         return self._latency_feeds
 
+    def latency_feeds(self) -> dict[str, np.ndarray]:
+        """The inputs :meth:`latency` feeds every model: the first search batch, at the
+        data's concrete shapes (a search reads its layers' input shapes from them)."""
+        return dict(self._first_batch())
+
     def _feeds_for(self, models: Sequence[bytes]) -> dict[str, np.ndarray]:
         """The first search batch, plus seeded random data for inputs it lacks."""
         import onnx

@@ -117,6 +117,7 @@ class FakeEvaluator:
     target: str = "cpu"
     data_fingerprint: str = "fake-data"
     calls: dict[str, int] = field(default_factory=lambda: {"score": 0, "latency": 0, "latency_models": 0})
+    input_shapes: dict[str, tuple[int, ...]] | None = None  # fix dynamic graph inputs when costing a model
     scored: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
@@ -166,6 +167,8 @@ class FakeEvaluator:
     # -- latency
 
     def cost(self, model: onnx.ModelProto) -> float:
+        if self.input_shapes:
+            model = _fix_inputs(model, self.input_shapes)
         inferred = onnx.shape_inference.infer_shapes(model)
         shapes = {}
         for value in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
@@ -189,6 +192,18 @@ class FakeEvaluator:
         if self.clock is not None:
             self.clock.now += self.latency_seconds * len(models)
         return [self.cost(m) for m in models]
+
+
+def _fix_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for value in copy.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if value.name in shapes and len(dims) == len(shapes[value.name]):
+            for dim, size in zip(dims, shapes[value.name], strict=True):
+                dim.Clear()
+                dim.dim_value = size
+    return copy
 
 
 def _weight_size(model: onnx.ModelProto, node: onnx.NodeProto) -> int:
