@@ -4,7 +4,8 @@ Transformation: float32 initializers, constants and activations become float16; 
 blocked op types (the converter's defaults — Resize, Upsample, Range, TopK,
 NonMaxSuppression, RoiAlign, CumSum, Min, Max and the ONNX-ML ops — plus ``block_ops=``)
 and blocked nodes (``exclude=`` globs, nodes reading a constant beyond the float16
-range ±65504, and ``mixed=auto``'s choice) keep float32 with Casts around them. With
+range ±65504, Transposes that move the batch axis into a MatMul — onnxruntime crashes on
+them in float16, below — and ``mixed=auto``'s choice) keep float32 with Casts around them. With
 ``keep_io_types`` (default) the model's inputs and outputs stay float32 and Casts sit at
 the boundary, so callers do not change.
 
@@ -26,7 +27,20 @@ after conversion and the result must load in onnxruntime:
 * constants are converted with the float16 maximum 65504 instead of the converter's
   default clamp at 1e4, and nodes reading a constant beyond it stay float32;
 * if onnxruntime still rejects a node, that node is kept in float32 and the conversion
-  redone (at most a few rounds; the report names each node and the error).
+  redone (at most a few rounds; the report names each node and the error). The last
+  check loads the result and runs one random sample through it with onnxruntime's
+  default optimizations *in a child process* (:mod:`onnxopt.isolation`): a run-time error
+  naming a node keeps that node float32; a crash that names nothing skips the pass.
+
+What onnxruntime cannot run in float16 was measured, not guessed (onnxruntime 1.31, CPU;
+``tests/quant/fp16_probes.py`` builds each op as a one-node float16 model, run in a child
+process by ``tests/quant/test_fp16.py``): NonMaxSuppression and Range have no float16
+form (both on the converter's block list, which keeps more: a superset), and a float16
+Transpose moving the batch axis into a MatMul kills the process with SIGSEGV while the
+session is created (MatmulTransposeFusion; EasyOCR's recognizer has two, after its
+BiLSTMs — the crash that was first blamed on its float16 LSTM). LSTM, GRU, RNN, Resize
+(cubic included), Einsum, TopK, RoiAlign, InstanceNormalization, ConvTranspose, CumSum
+and GridSample all run in float16.
 
 ``mixed=auto`` measures instead of guessing: it runs the float32 model and candidate
 conversions on the calibration data (``PassContext.calibration``; seeded random inputs,
@@ -61,6 +75,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onnxopt import isolation
 from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.irutil import PROTOBUF_LIMIT, constant_array, unique_name
 from onnxopt.passbase import OptimizerPass, option
@@ -75,7 +90,10 @@ _MIN_POSITIVE = 1e-7
 _MAX_REPAIR_ROUNDS = 8
 _FLOAT = ir.DataType.FLOAT
 _FLOAT16 = ir.DataType.FLOAT16
-_NODE_IN_ERROR = re.compile(r"[Nn]ode \(([^)]+)\)|node_name:\s*(\S+)|in node '([^']+)'")
+_NODE_IN_ERROR = re.compile(r"[Nn]ode \(([^)]+)\)|node_name:\s*(\S+)|in node '([^']+)'|node\. Name:\s*'([^']+)'")
+_CRASHING_TRANSPOSE = (
+    "onnxruntime's CPU provider crashes (SIGSEGV, measured with 1.31) creating a session where a float16 "
+    "Transpose moving the batch axis feeds a MatMul (MatmulTransposeFusion)")
 
 
 def default_block_ops() -> tuple[str, ...]:
@@ -140,6 +158,7 @@ class ConvertFloat16Pass(OptimizerPass, ir.passes.FunctionalPass):
         # node name -> reason it stays float32
         self._kept: dict[str, dict] = {}
         self._block_out_of_range(named)
+        self._block_crashing_transposes(named)
         for node in named.graph:
             pattern = qc.exclusion(node, self.options.exclude)
             if pattern is not None and node.name not in self._kept:
@@ -171,6 +190,31 @@ class ConvertFloat16Pass(OptimizerPass, ir.passes.FunctionalPass):
                     }
                     break
 
+    def _block_crashing_transposes(self, model: ir.Model) -> None:
+        """Transposes that move the batch axis into a MatMul: onnxruntime crashes on them in float16.
+
+        Measured (``tests/quant/test_fp16.py`` probes, onnxruntime 1.31 CPU): a float16
+        ``Transpose`` whose perm is ``[1, …, r-2, 0, r-1]`` or ``[1, …, r-1, 0]`` (rank r ≥ 3)
+        feeding a ``MatMul`` — directly or through a Cast — kills the process with SIGSEGV
+        while the session is created, whichever side of the MatMul it feeds and whether the
+        MatMul itself is float16 or float32 (MatmulTransposeFusion's "transBatch" case).
+        EasyOCR's recognizer has two (``[1, 0, 2]`` after each BiLSTM). The Transpose stays
+        float32; the MatMul converts.
+        """
+        for node in model.graph:
+            if node.op_type != "Transpose" or node.domain not in ("", "ai.onnx") or node.name in self._kept:
+                continue
+            perm = node.attributes.get("perm")
+            perm = list(perm.as_ints()) if perm is not None else None
+            if perm is None or len(perm) < 3:
+                continue
+            rank = len(perm)
+            middle = list(range(1, rank - 1))
+            if perm not in (middle + [0, rank - 1], middle + [rank - 1, 0]):
+                continue
+            if _feeds_matmul(node.outputs[0]):
+                self._kept[node.name] = {"reason": _CRASHING_TRANSPOSE, "op": node.op_type}
+
     def _is_blocked(self, node: ir.Node | onnx.NodeProto, extra: frozenset[str] = frozenset()) -> bool:
         return node.op_type in self._op_block or node.name in self._kept or node.name in extra
 
@@ -186,16 +230,49 @@ class ConvertFloat16Pass(OptimizerPass, ir.passes.FunctionalPass):
                 self.report.skip_pass(f"float16 conversion failed: {qc.first_line(exc)}")
                 return None
             problem = qc.check_loads(converted)
+            verb = "rejected"
             if problem is None:
-                return converted
+                isolated = self._run_isolated(base, converted)
+                if isolated is None:
+                    return converted
+                if isolated.crashed:  # no node named: nothing to repair
+                    self.report.skip_pass(f"{isolated.describe('the float16 model')}: kept float32")
+                    return None
+                problem, verb = isolated.error, "cannot run"
             culprit = _node_in_error(problem, {n.name for n in base.graph.node})
             if culprit is None or culprit in self._kept:
-                self.report.skip_pass(f"onnxruntime cannot load the float16 model: {problem}")
+                self.report.skip_pass(f"onnxruntime cannot {'load' if verb == 'rejected' else 'run'} "
+                                      f"the float16 model: {problem}")
                 return None
             op = next(n.op_type for n in base.graph.node if n.name == culprit)
-            self._kept[culprit] = {"reason": f"onnxruntime rejected it in float16: {problem}", "op": op}
+            self._kept[culprit] = {"reason": f"onnxruntime {verb} it in float16: {problem}", "op": op}
         self.report.skip_pass("onnxruntime kept rejecting the float16 model after keeping nodes in float32")
         return None
+
+    def _run_isolated(self, base: onnx.ModelProto, converted: onnx.ModelProto) -> isolation.IsolatedRun | None:
+        """None when the converted model loads and runs one random sample with onnxruntime's
+        default optimizations — in a child process, as a crash there would kill this one
+        (:func:`qc.check_loads` runs in-process with optimizations off) — else what happened.
+
+        A run error that the float32 model shows on the same random sample too is not the
+        conversion's: only the load counts then.
+        """
+        try:
+            feeds = next(qc.random_feeds(qc.input_specs(base), 1))
+        except InputError:  # an input type random data cannot fill: load only
+            feeds = None
+        try:
+            result = isolation.run_isolated(_serialized(converted), feeds)
+            if result.ok:
+                return None
+            if feeds is not None and result.stage == "run" and not result.crashed:
+                if not isolation.run_isolated(_serialized(base), feeds).ok:
+                    result = isolation.run_isolated(_serialized(converted), None)
+                    return None if result.ok else result
+        except isolation.IsolationUnavailable as exc:
+            self.report.warn(f"the float16 model was not run in a child process: {exc}")
+            return None
+        return result
 
     def _convert(self, base: onnx.ModelProto, node_block: frozenset[str]) -> onnx.ModelProto:
         from onnxconverter_common import float16
@@ -455,6 +532,24 @@ def _unique_node_name(graph: ir.Graph, base: str) -> str:
         k += 1
         name = f"{base}_{k}"
     return name
+
+
+def _feeds_matmul(value: ir.Value) -> bool:
+    """Whether ``value`` is read by a MatMul, directly or through Casts."""
+    for user, _ in value.uses():
+        if user.domain not in ("", "ai.onnx"):
+            continue
+        if user.op_type == "MatMul":
+            return True
+        if user.op_type == "Cast" and _feeds_matmul(user.outputs[0]):
+            return True
+    return False
+
+
+def _serialized(proto: onnx.ModelProto) -> bytes:
+    from onnxopt.io import runnable_bytes as serialize
+
+    return serialize(proto)
 
 
 def _node_in_error(message: str, names: set[str]) -> str | None:

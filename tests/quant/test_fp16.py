@@ -313,3 +313,137 @@ def test_fp16_real_models_load_and_stay_within_0999(name):
     assert cosine(run_ort(model, feeds)[0], run_ort(converted, feeds)[0]) >= 0.999
     assert cast_chains(converted) == []
 
+
+
+# ---------------------------------------------------------------- what onnxruntime cannot run in float16
+
+#: The probes of tests/quant/fp16_probes.py that onnxruntime's CPU provider cannot run when
+#: every float tensor is float16, measured (1.31) in a child process: "load" (an error
+#: creating the session) or the signal that killed it. Everything else — LSTM, GRU, RNN,
+#: Resize cubic, Einsum, TopK, RoiAlign, InstanceNormalization, ConvTranspose, CumSum,
+#: GridSample, ... — runs. The README's fp16 section lists these.
+FAILS_IN_FLOAT16 = {
+    "NonMaxSuppression": "load",  # no float16 kernel: type error
+    "Range": "load",  # no float16 kernel: type error
+    # MatmulTransposeFusion folding a batch-moving Transpose into FusedMatMul
+    "Transpose [1,0,2] -> MatMul": "SIGSEGV",
+    "Transpose [1,2,0] -> MatMul B": "SIGSEGV",
+    "Transpose [1,2,0,3] -> MatMul": "SIGSEGV",
+    "Transpose [1,2,3,0] -> MatMul B": "SIGSEGV",
+}
+
+
+def test_float16_probes_fail_exactly_where_measured():
+    """Each probe's float32 build runs (the control); its float16 build fails only where listed."""
+    from onnxopt.isolation import Job, run_isolated_many
+    from tests.quant.fp16_probes import PROBES
+
+    jobs = []
+    for probe in PROBES.values():
+        model, feeds = probe.build(np.float32)
+        run_ort(model, feeds)  # float32 never crashed: in-process
+        model16, feeds16 = probe.build(np.float16)
+        jobs.append(Job(model16.SerializeToString(), feeds16))
+    results = run_isolated_many(jobs)
+    failing = {name: (r.signal if r.crashed else r.stage) for name, r in zip(PROBES, results) if not r.ok}
+    assert failing == FAILS_IN_FLOAT16, {name: r.describe() for name, r in zip(PROBES, results) if not r.ok}
+    # Failing ops are in the pass's block list; failing patterns are what its Transpose rule keeps.
+    blocked = set(fp16_module.default_block_ops())
+    for name in failing:
+        op = PROBES[name].op_type
+        assert op in blocked or (op == "Transpose" and "MatMul" in name), name
+
+
+def test_fp16_output_of_every_probe_runs_in_onnxruntime(monkeypatch):
+    """The pass's result for each float32 probe loads and runs (in a child: a crash must not kill pytest).
+
+    The pass's own last check (its model in a child process) is off: its rules alone must do it.
+    """
+    from onnxopt.isolation import Job, run_isolated_many
+    from tests.quant.fp16_probes import PROBES
+
+    monkeypatch.setattr(ConvertFloat16Pass, "_run_isolated", lambda self, base, converted: None)
+    jobs, reports = [], {}
+    for name, probe in PROBES.items():
+        model, feeds = probe.build(np.float32)
+        converted, reports[name] = run_fp16(model)
+        jobs.append(Job(converted.SerializeToString(), feeds))
+    results = run_isolated_many(jobs)
+    broken = {name: r.describe() for name, r in zip(PROBES, results) if not r.ok}
+    assert broken == {}
+    reasons = {s["node"]: s["reason"] for s in reports["Transpose [1,0,2] -> MatMul"].skipped}
+    assert "MatMul" in reasons["transpose"] and "crash" in reasons["transpose"]
+    assert reports["Transpose [0,2,1] -> MatMul"].figures["nodes_fp32"] == 0  # only the crashing perms
+
+
+def test_resize_cubic_stays_float32_and_runs():
+    from onnxopt.isolation import run_isolated
+    from tests.quant.fp16_probes import PROBES
+
+    model, feeds = PROBES["Resize cubic NCHW"].build(np.float32)
+    converted, report = run_fp16(model)
+    assert any(s["op"] == "Resize" and "block list" in s["reason"] for s in report.skipped)
+    resize = next(n for n in converted.graph.node if n.op_type == "Resize")
+    types = {v.name: v.type.tensor_type.elem_type for v in [*converted.graph.value_info, *converted.graph.input]}
+    assert types.get(resize.input[0], TensorProto.FLOAT) == TensorProto.FLOAT
+    assert run_isolated(converted.SerializeToString(), feeds).ok
+
+
+def _fake_isolated(outcome):
+    """A stand-in for isolation.run_isolated that answers ``outcome(model_proto)`` (an IsolatedRun)."""
+
+    def fake(model, feeds=None, providers=("cpu",), **kwargs):
+        return outcome(onnx.load_from_string(model))
+
+    return fake
+
+
+def test_a_node_onnxruntime_fails_to_run_in_float16_is_kept_float32(monkeypatch):
+    """Run-time errors name the node ("running Conv node. Name:'conv2'"): it goes back to float32."""
+    from onnxopt import isolation
+
+    def outcome(proto):
+        conv2 = next(n for n in proto.graph.node if n.name == "conv2")
+        weights = {t.name: t.data_type for t in proto.graph.initializer}
+        if weights.get(conv2.input[1]) == TensorProto.FLOAT16:
+            return isolation.IsolatedRun(False, "cpu", "run", error="Non-zero status code returned while running "
+                                         "Conv node. Name:'conv2' Status Message: something")
+        return isolation.IsolatedRun(True)
+
+    monkeypatch.setattr(fp16_module.isolation, "run_isolated", _fake_isolated(outcome))
+    converted, report = run_fp16(conv_stack())
+    assert report.skipped_reason is None
+    reasons = {s["node"]: s["reason"] for s in report.skipped}
+    assert reasons["conv2"].startswith("onnxruntime cannot run it in float16")
+
+
+def test_a_crash_the_pass_cannot_place_skips_the_pass(monkeypatch):
+    from onnxopt import isolation
+
+    crash = isolation.IsolatedRun(False, "cpu", "load", signal="SIGSEGV", exitcode=-11)
+    monkeypatch.setattr(fp16_module.isolation, "run_isolated", _fake_isolated(lambda proto: crash))
+    converted, report = run_fp16(conv_stack())
+    assert report.skipped_reason == ("the float16 model crashed onnxruntime (signal SIGSEGV) on cpu while creating "
+                                     "the session: kept float32")
+    assert op_types(converted) == op_types(conv_stack())
+
+
+@pytest.mark.shared
+def test_easyocr_fp16_optimize_does_not_die_by_a_signal(tmp_path):
+    """The float16 EasyOCR recognizer crashed onnxruntime's CPU provider in the gate (exit -11, no message)."""
+    import subprocess
+    import sys
+
+    path = shared_model("easyocr_en_g2_rec.onnx")
+    out = tmp_path / "out.onnx"
+    run = subprocess.run([sys.executable, "-m", "onnxopt", "optimize", str(path), "--passes", "fp16", "-o", str(out),
+                          "--input-shape", "input:1x1x64x128", "--samples", "2", "-q"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode >= 0, f"died by signal {-run.returncode}"
+    assert run.returncode == 0, run.stderr
+    assert out.exists()
+    model = onnx.load(str(out))
+    assert any(n.op_type == "LSTM" for n in model.graph.node)
+    x = np.random.default_rng(0).random((1, 1, 64, 128), dtype=np.float32)
+    original = onnx.load(str(path))
+    assert cosine(run_ort(original, {"input": x})[0], run_ort(model, {"input": x})[0]) >= 0.999
