@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -164,6 +165,26 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+def number_as_written(value: Any, where: str) -> int | float:
+    """A number that keeps the form it was written in: ``"4"`` → 4 (int), ``"1.0"``,
+    ``"0.5"``, ``"1e3"`` → float; ints and floats from a config file stay as they are.
+
+    For options typed ``int | float`` whose meaning depends on the form, e.g. a
+    decomposition's ``rank`` (``rank=4`` absolute, ``rank=1.0`` the full rank).
+    """
+    if isinstance(value, bool):
+        raise UsageError(f"{where}: expected a number, got {value!r}")
+    if isinstance(value, int | float):
+        return value
+    text = str(value).strip()
+    if re.fullmatch(r"[+-]?[0-9]+", text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        raise UsageError(f"{where}: expected a number, got {value!r}") from None
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -171,6 +192,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "")):
             if type(None) in args:
                 return None
+        if {a for a in args if a is not type(None)} == {int, float}:
+            return number_as_written(value, where)
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:

@@ -133,6 +133,11 @@ def render_run(report: RunReport, console) -> None:
             notes = "; ".join(filter(None, [notes, *reasons[:3]])) + (" …" if len(reasons) > 3 else "")
         table.add_row(p.name, p.status, f"{p.seconds:.2f}s", str(len(p.applied)), str(len(p.skipped)), notes)
     console.print(table)
+    for p in report.passes:  # search passes (auto) say where their time went
+        phases = p.figures.get("seconds_by_phase")
+        if phases:
+            console.print(f"{p.name} seconds by phase: " +
+                          ", ".join(f"{name} {seconds:.1f}" for name, seconds in phases.items() if seconds >= 0.05))
 
     if report.before and report.after:
         stats = Table(title="model", title_justify="left")
@@ -157,18 +162,14 @@ def _render_validation(report: RunReport, console) -> None:
     if validation.get("skipped"):
         console.print(f"[yellow]validation skipped[/yellow] ({validation.get('reason', 'not requested')})")
         return
-    from rich.markup import escape
-    from rich.table import Table
+    from onnxopt.cli.tables import print_metrics  # the table `onnxopt compare` prints
 
     tolerances = ", ".join(f"{k}={v:g}" for k, v in validation["tolerances"].items() if v is not None)
-    title = f"validation on {validation['source']}: {tolerances} ({validation['tolerance_reason']})"
-    table = Table(title=escape(title), title_justify="left")
-    columns = ("provider", "output", "max_abs_error", "rel_l2_error", "cosine_min", "snr_db", "top1_agreement")
-    for column in columns:
-        table.add_column(column)
-    for row in validation["results"]:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
+    providers = validation.get("providers") or []
+    title = (f"validation on {validation['source']} ({', '.join(providers) or '?'}): {tolerances} "
+             f"({validation['tolerance_reason']})")
+    console.print(title, markup=False, highlight=False)
+    print_metrics(console, validation["results"], mode=validation.get("mode", "models"), providers=providers)
     for failure in validation.get("failures", []):
         console.print(f"[red]FAIL[/red] {failure}")
     if validation.get("passed"):
@@ -178,11 +179,3 @@ def _render_validation(report: RunReport, console) -> None:
         style = "red bold" if benchmark["speedup"] < 1 else "green"
         console.print(f"[{style}]latency on {benchmark['provider']}: {benchmark['speedup']:.2f}× "
                       f"(median original / optimized, interleaved)[/{style}]")
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)

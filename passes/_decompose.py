@@ -106,8 +106,9 @@ _DECOMPOSED_NAME = re.compile(r"/(" + "|".join(_METHODS) + r")_[a-z]+$")
 class RankOptions:
     """Options shared by every decomposition pass (one selector at most; see __post_init__)."""
 
-    rank: float | None = option(
-        None, "rank per layer: N >= 1 absolute, 0 < r < 1 a fraction of the layer's full rank")
+    rank: int | float | None = option(
+        None, "rank per layer: a whole number (rank=8) is an absolute rank; a number with a decimal point "
+              "is a fraction of the layer's full rank in (0, 1] (rank=0.25; rank=1.0 is the full rank)")
     energy: float | None = option(
         None, f"keep this share (0, 1] of the singular-value energy of the relevant unfoldings; "
               f"the default ({DEFAULT_ENERGY}) when no other rank selector is given")
@@ -135,10 +136,9 @@ class RankOptions:
         if len(given) > 1:
             raise ValueError(f"give at most one rank selector, got {', '.join(given)}")
         if self.rank is not None:
-            if not math.isfinite(self.rank) or self.rank <= 0:
-                raise ValueError(f"rank must be >= 1 (absolute) or in (0, 1) (a fraction), got {self.rank:g}")
-            if self.rank >= 1 and self.rank != int(self.rank):
-                raise ValueError(f"an absolute rank must be an integer, got {self.rank:g}")
+            from onnxopt.decomp.ranks import check_rank_value
+
+            check_rank_value(self.rank)  # rank=2.5: "write a whole number ... or a fraction in (0, 1]"
         if self.energy is not None and not 0 < self.energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {self.energy:g}")
         if self.speedup is not None and not (math.isfinite(self.speedup) and self.speedup >= 1):
@@ -170,6 +170,10 @@ class RankOptions:
         if key == "vbmf":
             return "vbmf"
         default = " (default)" if key == "energy" and self.energy is None else ""
+        if key == "rank":  # 1.0 (the full rank) must not read as rank 1
+            from onnxopt.decomp.ranks import format_rank
+
+            return f"rank={format_rank(value)}"
         return f"{key}={value:g}{default}"
 
 

@@ -46,7 +46,7 @@ class SeparableOptions(RankOptions):
     @property
     def selector(self):
         if self.multiplier is not None:
-            return "rank", float(self.multiplier)
+            return "rank", int(self.multiplier)  # an absolute rank (a float would be a fraction)
         return super().selector
 
     def describe_selector(self) -> str:

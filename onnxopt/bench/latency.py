@@ -16,10 +16,24 @@ Why it is measured this way:
   per-round ratios ``t_0[i] / t_k[i]``:
 
   - ``ratio_p10`` / ``ratio_p90``: the 10th and 90th percentiles of the per-round ratios —
-    how much a single A/B measurement scatters;
+    how much a single A/B measurement scatters; ``ratio_p50``, their median, is the paired
+    estimate (steadier than the ratio of medians on a loaded machine);
   - ``ci95``: a 95 % paired bootstrap confidence interval of the ratio of medians
     (rounds resampled with replacement, 2000 resamples, fixed seed) — how precisely the
     reported speedup itself is known.
+
+* With several models, onnxruntime's intra- and inter-op thread pools do not *spin*
+  (``session.intra_op.allow_spinning = 0``, :data:`NO_SPINNING`): a spinning pool keeps
+  its threads busy-waiting for a while after each run, so on a machine with few cores
+  the session that runs next shares them with the previous session's spinning threads.
+  Measured on a 2-core machine, ResNet-20 against a byte copy of itself with the default
+  threads: per-round ratios spread 0.08–11.9 (p10–p90) with spinning, 0.82–1.14 without,
+  and one run in four reported a "speedup" of 0.60×. ``spinning=True`` restores
+  onnxruntime's default; a single model keeps it.
+* ``target_ci``: after ``runs`` rounds and ``min_time`` seconds, keep running rounds until
+  the 95 % bootstrap interval of every speedup is at most ``target_ci`` wide relative to
+  the speedup (0.02: ± 1 %), or until ``max_time`` seconds of timed rounds have passed.
+  :attr:`BenchResult.stop_reason` says which happened.
 
 * On CUDA the inputs are bound on the device once (IO binding) and outputs stay on the
   device, with a synchronisation after each run, so the timing is the model, not the
@@ -50,6 +64,16 @@ log = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
+# Resamples of the interim interval that decides whether to keep sampling (target_ci);
+# the reported interval uses BOOTSTRAP_RESAMPLES.
+STOP_CHECK_RESAMPLES = 400
+STOP_CHECK_EVERY_S = 0.5  # seconds of timed rounds between two interim checks
+
+# Session config for interleaved sessions: their thread pools sleep instead of spinning
+# between runs (see the module docstring).
+NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+STOP_REASONS = ("runs", "target_ci", "max_time")
 
 ModelSource = bytes | str | os.PathLike
 
@@ -138,6 +162,10 @@ class Comparison:
     ratio_p10: float
     ratio_p90: float
     ci95: tuple[float, float]
+    # median of the per-round ratios: the paired estimate. On a loaded machine it scatters
+    # less than the ratio of medians (per round, load hits both models alike); measured on
+    # 2 busy cores, YOLO A/A' over 8 runs of 50 rounds: 0.964–1.042 against 0.954–1.151.
+    ratio_p50: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +173,7 @@ class Comparison:
             "other": self.other,
             "speedup": self.speedup,
             "ratio_p10": self.ratio_p10,
+            "ratio_p50": self.ratio_p50,
             "ratio_p90": self.ratio_p90,
             "ci95": list(self.ci95),
             "spread_method": "p10/p90 of per-round ratios; ci95 = paired bootstrap "
@@ -165,6 +194,19 @@ class BenchResult:
     models: list[ModelBench]
     comparisons: list[Comparison]
     peak_rss_bytes: int | None
+    spinning: bool | None = None  # thread-pool spinning; None: onnxruntime's default
+    timed_seconds: float = 0.0  # wall time of the timed rounds
+    target_ci: float | None = None
+    max_time: float | None = None
+    # "runs" (the run count / min_time was enough), "target_ci" (sampled until the interval
+    # was narrow enough) or "max_time" (stopped at the time limit before it was)
+    stop_reason: str = "runs"
+
+    @property
+    def ci_width(self) -> float | None:
+        """Widest relative 95 % interval over the comparisons ((hi - lo) / speedup)."""
+        widths = [_relative_width(c.ci95, c.speedup) for c in self.comparisons]
+        return max(widths) if widths else None
 
     @property
     def speedup(self) -> float | None:
@@ -179,6 +221,12 @@ class BenchResult:
             "rounds": self.rounds,
             "batch_size": self.batch_size,
             "interleaved": self.interleaved,
+            "spinning": self.spinning,
+            "timed_seconds": self.timed_seconds,
+            "target_ci": self.target_ci,
+            "max_time": self.max_time,
+            "stop_reason": self.stop_reason,
+            "ci_width": self.ci_width,
             "peak_rss_bytes": self.peak_rss_bytes,
             "models": [m.to_dict(include_times) for m in self.models],
             "comparisons": [c.to_dict() for c in self.comparisons],
@@ -301,7 +349,7 @@ def _comparison(times: list[np.ndarray], baseline: int, other: int) -> Compariso
     a, b = times[baseline], times[other]
     speedup = float(np.median(a) / np.median(b))
     per_round = a / b
-    p10, p90 = np.percentile(per_round, [10, 90])
+    p10, p50, p90 = np.percentile(per_round, [10, 50, 90])
     rng = np.random.default_rng(BOOTSTRAP_SEED)
     idx = rng.integers(0, a.size, size=(BOOTSTRAP_RESAMPLES, a.size))
     boot = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
@@ -312,8 +360,32 @@ def _comparison(times: list[np.ndarray], baseline: int, other: int) -> Compariso
         speedup=speedup,
         ratio_p10=float(p10),
         ratio_p90=float(p90),
+        ratio_p50=float(p50),
         ci95=(float(lo), float(hi)),
     )
+
+
+def _relative_width(ci95: tuple[float, float], speedup: float) -> float:
+    lo, hi = ci95
+    if not speedup or not np.isfinite(speedup):
+        return float("inf")
+    return float((hi - lo) / speedup)
+
+
+def _interim_ci_width(times: list[list[float]]) -> float:
+    """Widest relative bootstrap 95 % interval of the speedups so far (cheap version)."""
+    arrays = [np.asarray(t, dtype=np.float64) for t in times]
+    base = arrays[0]
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    idx = rng.integers(0, base.size, size=(STOP_CHECK_RESAMPLES, base.size))
+    base_medians = np.median(base[idx], axis=1)
+    widest = 0.0
+    for other in arrays[1:]:
+        speedup = float(np.median(base) / np.median(other))
+        boot = base_medians / np.median(other[idx], axis=1)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        widest = max(widest, _relative_width((float(lo), float(hi)), speedup))
+    return widest
 
 
 def bench_models(
@@ -326,6 +398,9 @@ def bench_models(
     runs: int = 50,
     min_time: float | None = None,
     labels: list[str] | None = None,
+    spinning: bool | None = None,
+    target_ci: float | None = None,
+    max_time: float | None = None,
 ) -> BenchResult:
     """Measure the latency of one or more models on the same inputs, interleaved.
 
@@ -342,6 +417,15 @@ def bench_models(
         min_time: if set, keep running rounds until at least this many seconds of timed
             rounds have passed (and at least ``runs`` rounds).
         labels: names for the report (default: the path, or "model A", "model B", ...).
+        spinning: whether onnxruntime's thread pools spin between runs. None (default):
+            off when several models are interleaved (:data:`NO_SPINNING`), onnxruntime's
+            default for one model.
+        target_ci: with several models, after ``runs`` rounds and ``min_time``, keep
+            running rounds until every speedup's 95 % bootstrap interval is at most this
+            wide relative to the speedup (e.g. 0.02 for ± 1 %). None or 0: off.
+        max_time: upper bound in seconds on the timed rounds while ``target_ci`` is not
+            reached (None: no bound; then ``target_ci`` needs one). Must not be below
+            ``min_time``.
 
     Raises:
         UsageError: no model, or a non-positive run count.
@@ -357,8 +441,20 @@ def bench_models(
         raise UsageError(f"min_time must be 0 or more, got {min_time}")
     if labels is not None and len(labels) != len(models):
         raise UsageError("labels must name every model")
+    if target_ci is not None and target_ci < 0:
+        raise UsageError(f"target_ci must be 0 or more, got {target_ci}")
+    if max_time is not None and max_time < 0:
+        raise UsageError(f"max_time must be 0 or more, got {max_time}")
+    if max_time is not None and min_time is not None and max_time < min_time:
+        raise UsageError(f"max_time ({max_time:g} s) must not be below min_time ({min_time:g} s)")
+    if target_ci and max_time is None:
+        raise UsageError("target_ci needs max_time: sampling until the interval is narrow must be bounded")
 
     count = len(models)
+    if spinning is None and count > 1:
+        spinning = False
+    config = NO_SPINNING if spinning is False else None
+    adaptive = bool(target_ci) and count > 1
     sizes = [model_size_bytes(m) for m in models]
     runners: list[Callable[[], None]] = []
     rss_growth: list[int | None] = []
@@ -366,7 +462,7 @@ def bench_models(
     for index, model in enumerate(models):
         before = current_rss_bytes()
         source = bytes(model) if isinstance(model, bytearray) else model
-        session = create_session(source, provider, threads=threads, tf32=True)
+        session = create_session(source, provider, threads=threads, config=config, tf32=True)
         sessions.append(session)
         runner = _runner(session, feeds, provider)
         runners.append(runner)
@@ -385,16 +481,31 @@ def bench_models(
     clock = time.perf_counter_ns
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    stop_reason = "runs"
     try:
         started = time.perf_counter()
+        elapsed = 0.0
         rounds = 0
-        while rounds < runs or (min_time is not None and time.perf_counter() - started < min_time):
+        next_check = None  # elapsed time of the next interim interval check (target_ci)
+        while True:
+            if rounds >= runs and (min_time is None or elapsed >= min_time):
+                if not adaptive:
+                    break
+                if max_time is not None and elapsed >= max_time:
+                    stop_reason = "max_time"
+                    break
+                if next_check is None or elapsed >= next_check:
+                    if _interim_ci_width(times) <= target_ci:
+                        stop_reason = "target_ci"
+                        break
+                    next_check = elapsed + STOP_CHECK_EVERY_S
             for offset in range(count):
                 index = (rounds + offset) % count
                 t0 = clock()
                 runners[index]()
                 times[index].append((clock() - t0) / 1e6)
             rounds += 1
+            elapsed = time.perf_counter() - started
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -422,4 +533,9 @@ def bench_models(
         models=results,
         comparisons=comparisons,
         peak_rss_bytes=peak_rss_bytes(),
+        spinning=spinning,
+        timed_seconds=elapsed,
+        target_ci=target_ci if adaptive else None,
+        max_time=max_time if adaptive else None,
+        stop_reason=stop_reason,
     )

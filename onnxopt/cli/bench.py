@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 INPUT_OPTIONS = ("data", "preprocess", "input_shape", "batch_size", "seed")
 
+# Defaults for two models (an A/B comparison); see HELP and onnxopt.bench.latency.
+AB_MIN_TIME = 1.0  # seconds of timed rounds at least
+AB_TARGET_CI = 0.03  # relative width of the speedup's 95 % interval to reach (± 1.5 %)
+AB_MAX_TIME = 6.0  # seconds of timed rounds at most while that is not reached
+
 HELP = """Measure the latency of MODEL, or compare MODEL2 against MODEL on the same inputs.
 
 Sessions are created once and warmed up; with two models the timed runs are interleaved
@@ -31,6 +36,12 @@ model: mean, p50, p90, p99, min and std latency, throughput (samples/s = batch /
 size; with two models the speedup median(A) / median(B) (above 1: MODEL2 is faster) with
 the 10th–90th percentile of the per-round ratios and a bootstrap 95 % interval; and the
 process's peak resident memory.
+
+With two models the defaults aim at a ratio you can trust on a small, busy machine:
+onnxruntime's thread pools do not spin between runs (--spinning auto), at least
+--min-time 1 s is timed, and rounds continue until the 95 % interval of the speedup is
+at most --target-ci wide (± 1.5 % by default), for at most --max-time seconds. The output
+says what was done and why sampling stopped.
 
 \b
 Examples:
@@ -149,6 +160,8 @@ def _print_result(result) -> None:
             f"{s.throughput:.1f}",
         )
     console.print(table)
+    for line in sampling_lines(result):
+        console.print(line, markup=False, highlight=False)
     for comparison in result.comparisons:
         lo, hi = comparison.ci95
         other = result.models[comparison.other].label
@@ -159,12 +172,61 @@ def _print_result(result) -> None:
             verdict = "faster" if comparison.speedup > 1 else "slower"
         console.print(
             f"speedup of {other} over {base}: {comparison.speedup:.3f}× ({verdict}); "
-            f"per-round ratio p10–p90 {comparison.ratio_p10:.3f}–{comparison.ratio_p90:.3f}, "
+            f"per-round ratio p10–p90 {comparison.ratio_p10:.3f}–{comparison.ratio_p90:.3f} "
+            f"(median {comparison.ratio_p50:.3f}), "
             f"95 % CI {lo:.3f}–{hi:.3f}",
             markup=False,
             highlight=False,
         )
     console.print(f"peak RSS of the process: {human_bytes(result.peak_rss_bytes)}", highlight=False)
+
+
+def sampling_lines(result) -> list[str]:
+    """What the measurement did beyond the plain run count: spinning, when it stopped."""
+    lines = []
+    if result.interleaved and result.spinning is False:
+        lines.append(
+            "interleaved: thread spinning off (session.intra_op/inter_op.allow_spinning=0), "
+            "so that one session's idle threads do not take the cores the other one runs on"
+        )
+    elif result.interleaved and result.spinning:
+        lines.append("interleaved: thread spinning on (--spinning on): sessions may disturb each other")
+    timed = f"{result.rounds} rounds in {result.timed_seconds:.1f} s"
+    width = result.ci_width
+    if result.stop_reason == "target_ci":
+        lines.append(
+            f"sampling: {timed}; stopped when the 95 % CI of the speedup was {100 * width:.1f} % wide "
+            f"(target {100 * result.target_ci:g} %)"
+        )
+    elif result.stop_reason == "max_time":
+        lines.append(
+            f"sampling: {timed}; stopped at --max-time {result.max_time:g} s with the 95 % CI "
+            f"{100 * width:.1f} % wide (target {100 * result.target_ci:g} %): the machine is noisy, "
+            "trust the interval rather than the ratio"
+        )
+    elif result.interleaved:
+        lines.append(f"sampling: {timed}")
+    return lines
+
+
+def sampling_settings(count: int, min_time: float | None, target_ci: float, max_time: float) -> dict[str, Any]:
+    """``min_time``/``target_ci``/``max_time`` for :func:`bench_models` from the options.
+
+    One model: ``--min-time`` as given, nothing adaptive. Two: ``--min-time`` defaults to
+    :data:`AB_MIN_TIME`; a default ``--max-time`` below an explicit ``--min-time`` is
+    raised to it (an explicit one below is an error).
+    """
+    if count < 2:
+        return {"min_time": min_time}
+    ctx = click.get_current_context(silent=True)
+    max_default = ctx is None or ctx.get_parameter_source("max_time") == click.core.ParameterSource.DEFAULT
+    if min_time is None:
+        min_time = min(AB_MIN_TIME, max_time)
+    if max_default:
+        max_time = max(max_time, min_time)
+    elif max_time < min_time:
+        raise UsageError(f"--max-time {max_time:g} is below --min-time {min_time:g}")
+    return {"min_time": min_time, "target_ci": target_ci or None, "max_time": max_time}
 
 
 @click.command(help=HELP)
@@ -182,7 +244,33 @@ def _print_result(result) -> None:
     type=click.FloatRange(min=0),
     default=None,
     metavar="SECONDS",
-    help="Keep timing until this many seconds have passed (at least --runs rounds).",
+    help=f"Keep timing until this many seconds have passed (at least --runs rounds). "
+    f"Default: {AB_MIN_TIME:g} with two models, none with one.",
+)
+@click.option(
+    "--target-ci",
+    type=click.FloatRange(min=0),
+    default=AB_TARGET_CI,
+    show_default=True,
+    metavar="FRACTION",
+    help="Two models: keep timing until the speedup's 95 % interval is at most this wide, "
+    "relative to the speedup (0.03 = ± 1.5 %); 0 turns it off.",
+)
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0),
+    default=AB_MAX_TIME,
+    show_default=True,
+    metavar="SECONDS",
+    help="Two models: stop timing after this many seconds even if --target-ci is not reached.",
+)
+@click.option(
+    "--spinning",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="onnxruntime thread-pool spinning between runs; auto: off with two models "
+    "(interleaved sessions with spinning threads disturb each other), on with one.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @verbosity_options
@@ -194,6 +282,9 @@ def command(
     warmup: int,
     runs: int,
     min_time: float | None,
+    target_ci: float,
+    max_time: float,
+    spinning: str,
     as_json: bool,
     **opts: Any,
 ) -> None:
@@ -214,6 +305,7 @@ def command(
     if len(labels) == 2 and labels[0] == labels[1]:
         labels = [f"{labels[0]} (A)", f"{labels[1]} (B)"]
 
+    sampling = sampling_settings(len(blobs), min_time, target_ci, max_time)
     results = [
         bench_models(
             blobs,
@@ -222,8 +314,9 @@ def command(
             threads=threads,
             warmup=warmup,
             runs=runs,
-            min_time=min_time,
             labels=labels,
+            spinning={"auto": None, "on": True, "off": False}[spinning],
+            **sampling,
         )
         for provider in choice.providers
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from onnxopt.cli.common import emit_json, is_quiet, stderr_console, stdout_console, verbosity_options
+from onnxopt.cli.common import emit_json, stderr_console, stdout_console, verbosity_options
 from onnxopt.cli.validation_options import (
     build_labels,
     build_source,
@@ -38,24 +38,8 @@ VNNI CPU computes — to judge an INT8 model made for one (int8:reduce_range=fal
 """
 
 
-def _fmt(value, kind: str = "g") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return str(value)
-    if kind == "cos":
-        return f"{value:.6f}"
-    if kind == "db":
-        return f"{value:.1f}"
-    if kind == "ratio":
-        return f"{value:.4f}"
-    return f"{value:.3g}"
-
-
 def _print_table(result, tolerances, failures) -> None:
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
+    from onnxopt.cli.tables import print_metrics
 
     console = stdout_console()
 
@@ -67,47 +51,7 @@ def _print_table(result, tolerances, failures) -> None:
     else:
         say(f"candidate {result.candidate} against reference {result.reference}")
     say(f"data: {result.source}; batch size {result.batch_size}; {result.seconds:.1f} s")
-    # One provider column only when there is something to tell apart.
-    show_provider = result.mode == "providers" or len(result.providers) > 1
-
-    def provider_cell(row) -> list[str]:
-        if not show_provider:
-            return []
-        return [row.provider if result.mode == "models" else f"{row.provider} vs {row.reference_provider}"]
-
-    name_width = max((len(row.metrics.name) for row in result.rows), default=6)
-
-    def new_table(columns: list[str], title: str | None = None):
-        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
-        for column in (["provider"] if show_provider else []) + columns:
-            left = column in ("provider", "output")
-            width = min(name_width, 24) if column == "output" else None
-            table.add_column(column, justify="left" if left else "right", no_wrap=not left, min_width=width)
-        return table
-
-    table = new_table(["output", "max abs", "mean abs", "rel L2", "cos mean", "cos min", "SNR dB", "agree"])
-    for row in result.rows:
-        m = row.metrics
-        table.add_row(
-            *provider_cell(row), Text(m.name), _fmt(m.max_abs_error), _fmt(m.mean_abs_error), _fmt(m.rel_l2_error),
-            _fmt(m.cosine_mean, "cos"), _fmt(m.cosine_min, "cos"), _fmt(m.snr_db, "db"),
-            _fmt(m.top1_agreement, "ratio"),
-        )
-    console.print(table)
-    if any(row.metrics.classifier for row in result.rows):
-        say("agree = share of samples where both models rank the same class first (top-1)")
-    labeled = [row for row in result.rows if row.metrics.labeled]
-    if labeled:
-        accuracy = new_table(
-            ["output", "labeled", "ref top-1", "cand top-1", "ref top-5", "cand top-5"], "accuracy"
-        )
-        for row in labeled:
-            m = row.metrics
-            accuracy.add_row(
-                *provider_cell(row), Text(m.name), str(m.labeled), _fmt(m.reference_top1, "ratio"),
-                _fmt(m.candidate_top1, "ratio"), _fmt(m.reference_top5, "ratio"), _fmt(m.candidate_top5, "ratio"),
-            )
-        console.print(accuracy)
+    print_metrics(console, [row.to_dict() for row in result.rows], mode=result.mode, providers=result.providers)
     gate = ", ".join(f"{k}={v:g}" for k, v in tolerances.to_dict().items() if v is not None)
     if failures:
         say(f"gate ({gate}): FAILED")
@@ -118,18 +62,14 @@ def _print_table(result, tolerances, failures) -> None:
 
 
 def _progress(total_hint: int):
-    """A rich progress bar on stderr when it is a terminal; else None."""
-    console = stderr_console()
-    if is_quiet() or not console.is_terminal:
-        return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress of the comparison on stderr (:mod:`onnxopt.cli.progress`): a transient bar
+    on a terminal, plain rate-limited lines otherwise, nothing with -q."""
+    from onnxopt.cli.progress import ProgressReporter
 
-    progress = Progress(
-        TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    )
-    task = progress.add_task("compare", total=total_hint)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+    progress = ProgressReporter("compare")
+    progress.start()
+    progress.in_phase("samples", 0, total_hint)
+    return progress
 
 
 @click.command(help=HELP)
@@ -166,12 +106,21 @@ def command(model_a: str, model_b: str | None, exact_int8: bool, as_json: bool, 
     candidate = io.load_proto(model_b) if model_b is not None else None
     source = build_source(reference, **opts)
     labels = build_labels(**opts)
+    # A model that crashes onnxruntime must not take this process with it: both run first in a child.
+    from onnxopt.isolation import check_candidate, first_batch
 
-    progress, callback = _progress(len(source))
-    common = {"batch_size": opts["batch_size"], "labels": labels, "progress": callback}
+    check_candidate(
+        reference.SerializeToString() if candidate is not None else None,
+        (candidate if candidate is not None else reference).SerializeToString(),
+        first_batch(source, opts["batch_size"]), choice.providers,
+        config=hostcpu.EXACT_INTEGER_KERNELS if exact_int8 else None,
+        subject=model_b if model_b is not None else model_a, reference=model_a,
+    )
+
+    progress = _progress(len(source))
+    common = {"batch_size": opts["batch_size"], "labels": labels, "progress": progress.steps}
+    ok = False
     try:
-        if progress is not None:
-            progress.start()
         if candidate is None:
             result = compare_providers(reference, source, choice.providers, name=model_a, **common)
         else:
@@ -179,9 +128,9 @@ def command(model_a: str, model_b: str | None, exact_int8: bool, as_json: bool, 
                 reference, candidate, source, providers=choice.providers, names=(model_a, model_b),
                 candidate_config=hostcpu.EXACT_INTEGER_KERNELS if exact_int8 else None, **common
             )
+        ok = True
     finally:
-        if progress is not None:
-            progress.stop()
+        progress.close(ok=ok)
     result.notes[:0] = choice.notes
     failures = result.failures(tolerances)
 

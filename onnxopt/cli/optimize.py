@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import click
 
@@ -78,7 +77,8 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
         raise UsageError("--json prints to stdout, which carries the model with -o -; use --report FILE")
     if no_validate and (bench or min_speedup is not None):
         raise UsageError("--bench/--min-speedup are part of validation; drop --no-validate")
-    specs = api.resolve_specs(passes, config)
+    # With --data, decomposition passes refit unless the spec says refit=false.
+    specs, default_notes = api.data_defaults(api.resolve_specs(passes, config), data_opts["data"] is not None)
     shapes = parse_input_shapes(data_opts["input_shape"])
     for option_name, path in (("--report", report_path), ("--save-config", save_config)):
         if path == io.STDIO:
@@ -108,12 +108,14 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
                 labels=labels, batch_size=data_opts["batch_size"], bench=bench,
                 min_speedup=min_speedup,
             )
-        with _progress(len(specs)) as on_pass_start:
+        with _progress() as progress:
+            context.progress = progress.update
             optimized, report = api.optimize(
-                source, specs, context=context, input_shapes=shapes, on_pass_start=on_pass_start,
+                source, specs, context=context, input_shapes=shapes, on_pass_start=progress.on_pass_start,
                 validation=validation, origin="stdin" if model == io.STDIO else model,
+                on_validation_progress=lambda done, total: progress.in_phase("validating: samples", done, total),
             )
-        report.notes.extend(notes)
+        report.notes.extend([*default_notes, *notes])
         if no_validate:
             report.validation["reason"] = "--no-validate"
         report.output = output
@@ -137,22 +139,13 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
         more = len(report.validation["failures"]) - 1
         suffix = f" (and {more} more)" if more else ""
         written = "written anyway (--force)" if report.written else "nothing written"
-        raise GateFailed(f"validation failed: {first}{suffix}; {written}")
+        hint = f" — {report.validation['hint']}" if report.validation.get("hint") else ""
+        raise GateFailed(f"validation failed: {first}{suffix}; {written}{hint}")
 
 
-@contextlib.contextmanager
-def _progress(total: int):
-    """A spinner per pass on stderr when it is a terminal; silent otherwise."""
-    if is_quiet() or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+def _progress():
+    """Progress of the passes and the validation on stderr (:mod:`onnxopt.cli.progress`):
+    a transient line on a terminal, plain rate-limited lines otherwise, nothing with -q."""
+    from onnxopt.cli.progress import ProgressReporter
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=stderr_console(), transient=True) as progress:
-        task = progress.add_task("optimizing", total=total)
-
-        def on_pass_start(opt_pass, index, count):
-            progress.update(task, description=f"pass {index + 1}/{count}: {opt_pass.name}", completed=index)
-
-        yield on_pass_start
+    return ProgressReporter("optimize")

@@ -2,7 +2,11 @@
 
 Exactly one selector decides the rank:
 
-* ``rank``    — ``rank >= 1``: that rank; ``0 < rank < 1``: ``ceil(rank · max_rank)``.
+* ``rank``    — by its *type*, as it was written: an integer (``rank=4``) is that absolute
+  rank; a float (``rank=0.25``, ``rank=1.0``) is a fraction of the full rank in (0, 1],
+  ``ceil(rank · max_rank)``, so ``rank=1.0`` is the full rank and never rank 1. A float
+  above 1 (``rank=2.5``, ``rank=2.0``) is an error: a value written with a decimal point
+  must not silently become an absolute rank (see :func:`check_rank_value`).
 * ``energy``  — smallest r with Σ_{i<r} s_i² / Σ_i s_i² ≥ energy, energy in (0, 1].
 * ``vbmf_matrix`` — the rank found by analytical empirical variational Bayesian matrix
   factorisation (EVBMF, Nakajima et al. 2013) of that matrix, as Kim et al. 2016 did for
@@ -29,7 +33,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["EVBMFResult", "evbmf", "evbmf_result", "round_rank", "select_rank", "select_rank_pair"]
+__all__ = [
+    "EVBMFResult",
+    "check_rank_value",
+    "evbmf",
+    "evbmf_result",
+    "format_rank",
+    "round_rank",
+    "select_rank",
+    "select_rank_pair",
+]
 
 log = logging.getLogger(__name__)
 
@@ -204,17 +217,45 @@ def _one_selector(**selectors) -> str:
     return given[0]
 
 
-def _rank_from_value(rank: float, max_rank: int) -> int:
+def format_rank(rank: int | float) -> str:
+    """``rank`` as it must be written to mean the same: ``4`` (absolute), ``1.0``, ``0.25`` (fractions)."""
+    if isinstance(rank, (int, np.integer)) and not isinstance(rank, bool):
+        return str(int(rank))
+    return repr(float(rank))
+
+
+def check_rank_value(rank: object) -> int | float:
+    """Check a ``rank`` value; returns it as ``int`` (absolute) or ``float`` (fraction).
+
+    The type is the meaning: an integer (``4``; numpy integers too) is an absolute rank,
+    at least 1; a float is a fraction of the full rank in (0, 1] — ``1.0`` the full rank.
+    Option text keeps that distinction (``rank=4`` is an int, ``rank=1.0`` a float; see
+    :func:`onnxopt.registry.number_as_written`), and so do YAML, TOML and JSON configs.
+
+    Raises:
+        ValueError: not a number, an integer below 1, or a float outside (0, 1], e.g.
+            "rank=2.5: write a whole number for an absolute rank or a fraction in (0, 1]".
+    """
     if isinstance(rank, bool) or not isinstance(rank, (int, float, np.integer, np.floating)):
         raise ValueError(f"rank must be a number, got {rank!r}")
-    rank = float(rank)
-    if not math.isfinite(rank) or rank <= 0:
-        raise ValueError(f"rank must be >= 1 (absolute) or in (0, 1) (fraction of max rank), got {rank}")
-    if rank < 1:
-        return max(1, math.ceil(rank * max_rank - 1e-9))
-    if rank != int(rank):
-        raise ValueError(f"an absolute rank must be an integer, got {rank}; use 0 < rank < 1 for a fraction")
-    return int(rank)
+    if isinstance(rank, (int, np.integer)):
+        if rank < 1:
+            raise ValueError(
+                f"rank={int(rank)}: an absolute rank is a whole number >= 1; a fraction of the full "
+                "rank is written with a decimal point in (0, 1], e.g. rank=0.5"
+            )
+        return int(rank)
+    value = float(rank)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"rank={value!r}: write a whole number for an absolute rank or a fraction in (0, 1]")
+    return value
+
+
+def _rank_from_value(rank: int | float, max_rank: int) -> int:
+    value = check_rank_value(rank)
+    if isinstance(value, int):
+        return value
+    return max(1, math.ceil(value * max_rank - 1e-9))
 
 
 def _rank_from_energy(singular_values, energy: float) -> int:
@@ -252,7 +293,7 @@ def select_rank(
     singular_values: Sequence[float] | np.ndarray | None,
     max_rank: int,
     *,
-    rank: float | None = None,
+    rank: int | float | None = None,
     energy: float | None = None,
     vbmf_matrix: np.ndarray | None = None,
     speedup: float | None = None,
@@ -303,7 +344,7 @@ def select_rank_pair(
     singular_values: tuple[np.ndarray, np.ndarray] | None,
     max_ranks: tuple[int, int],
     *,
-    rank: float | tuple[float, float] | None = None,
+    rank: int | float | tuple[int | float, int | float] | None = None,
     energy: float | tuple[float, float] | None = None,
     vbmf_matrices: tuple[np.ndarray, np.ndarray] | None = None,
     speedup: float | None = None,

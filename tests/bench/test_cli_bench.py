@@ -19,6 +19,8 @@ from onnxopt.errors import InputError, UsageError
 from onnxopt.validate.providers import cuda_status
 
 FAST = ["--runs", "3", "--warmup", "1"]
+# Two models: also no time floor and no sampling past --runs (--max-time 0)
+FAST_AB = [*FAST, "--max-time", "0"]
 
 
 def _conv_model(scale: float = 1.0) -> onnx.ModelProto:
@@ -78,7 +80,7 @@ def test_bench_json_single_model(model_path):
 
 
 def test_bench_two_models_table(model_path, model2_path):
-    result = _run(bench_cli.command, [model_path, model2_path, *FAST, "--threads", "1"])
+    result = _run(bench_cli.command, [model_path, model2_path, *FAST_AB, "--threads", "1"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "interleaved" in out
@@ -88,10 +90,49 @@ def test_bench_two_models_table(model_path, model2_path):
 
 
 def test_bench_same_model_twice_gets_distinct_labels(model_path):
-    result = _run(bench_cli.command, [model_path, model_path, *FAST, "--json"])
+    result = _run(bench_cli.command, [model_path, model_path, *FAST_AB, "--json"])
     assert result.exit_code == 0, result.output
     labels = [m["label"] for m in json.loads(result.stdout)["results"][0]["models"]]
     assert labels == [f"{model_path} (A)", f"{model_path} (B)"]
+
+
+def test_bench_two_models_says_spinning_is_off(model_path, model2_path):
+    """The A/B defaults (spinning off, sampling) are applied and said in the output."""
+    result = _run(bench_cli.command, [model_path, model2_path, *FAST_AB])
+    assert result.exit_code == 0, result.output
+    assert "interleaved: thread spinning off" in result.stdout
+    assert "sampling: " in result.stdout
+    data = json.loads(_run(bench_cli.command, [model_path, model2_path, *FAST_AB, "--json"]).stdout)
+    (run,) = data["results"]
+    assert run["spinning"] is False
+    assert run["stop_reason"] in ("max_time", "target_ci")
+    assert run["target_ci"] == bench_cli.AB_TARGET_CI
+    single = _run(bench_cli.command, [model_path, *FAST])
+    assert "spinning" not in single.stdout and "sampling" not in single.stdout
+    forced = _run(bench_cli.command, [model_path, model2_path, *FAST_AB, "--spinning", "on", "--json"])
+    assert json.loads(forced.stdout)["results"][0]["spinning"] is True
+
+
+def test_bench_sampling_defaults():
+    assert bench_cli.sampling_settings(1, None, 0.03, 6.0) == {"min_time": None}
+    assert bench_cli.sampling_settings(2, None, 0.03, 6.0) == {
+        "min_time": bench_cli.AB_MIN_TIME, "target_ci": 0.03, "max_time": 6.0
+    }
+    # a default --max-time below an explicit --min-time follows it; --target-ci 0 is off
+    assert bench_cli.sampling_settings(2, 20.0, 0.0, 6.0) == {"min_time": 20.0, "target_ci": None, "max_time": 20.0}
+    assert bench_cli.sampling_settings(2, None, 0.03, 0.0)["min_time"] == 0.0
+
+
+def test_bench_sampling_lines_say_why_sampling_stopped():
+    from types import SimpleNamespace
+
+    base = {"interleaved": True, "spinning": False, "rounds": 900, "timed_seconds": 6.0,
+            "target_ci": 0.03, "max_time": 6.0}
+    stopped = bench_cli.sampling_lines(SimpleNamespace(**base, stop_reason="max_time", ci_width=0.05))
+    assert stopped[0].startswith("interleaved: thread spinning off")
+    assert "stopped at --max-time 6 s" in stopped[1] and "5.0 % wide" in stopped[1]
+    narrow = bench_cli.sampling_lines(SimpleNamespace(**base, stop_reason="target_ci", ci_width=0.02))
+    assert "2.0 % wide (target 3 %)" in narrow[1]
 
 
 def test_bench_batch_size_and_input_shape(model_path):

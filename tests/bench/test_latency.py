@@ -75,6 +75,36 @@ def fake_sessions(monkeypatch):
     return log
 
 
+@pytest.fixture
+def session_kwargs(monkeypatch):
+    """Fake sessions; returns the keyword arguments each create_session call got."""
+    calls: list[dict] = []
+
+    def fake_create(model, provider="cpu", **kwargs):
+        calls.append(kwargs)
+        return _FakeSession(chr(ord("A") + len(calls) - 1), [])
+
+    monkeypatch.setattr(latency, "create_session", fake_create)
+    return calls
+
+
+class _FakeClock:
+    """perf_counter advances ``step`` seconds per reading; perf_counter_ns 1 µs per reading."""
+
+    def __init__(self, step: float):
+        self.ticks = 0
+        self.step = step
+        self.ns = 0
+
+    def perf_counter(self) -> float:
+        self.ticks += 1
+        return self.ticks * self.step
+
+    def perf_counter_ns(self) -> int:
+        self.ns += 1000
+        return self.ns
+
+
 def test_single_model_result():
     model = _model()
     result = bench_models([model], FEEDS, warmup=1, runs=7, threads=1)
@@ -161,6 +191,8 @@ def test_comparison_arithmetic():
     c = latency._comparison([a, b], 0, 1)
     assert c.speedup == pytest.approx(2.0)
     assert c.ratio_p10 == pytest.approx(2.0) and c.ratio_p90 == pytest.approx(2.0)
+    assert c.ratio_p50 == pytest.approx(2.0)
+    assert latency._comparison([a, np.array([1.0, 1.0, 6.0, 4.0])], 0, 1).ratio_p50 == pytest.approx(2.0)
     assert c.ci95 == pytest.approx((2.0, 2.0))
     slower = latency._comparison([a, a * 4], 0, 1)
     assert slower.speedup == pytest.approx(0.25)
@@ -243,3 +275,104 @@ def test_cuda_io_binding():
     result = bench_models([_model()], FEEDS, provider="cuda", warmup=1, runs=3)
     assert result.provider == "cuda"
     assert result.models[0].stats.runs == 3
+
+
+# --- thread spinning and sampling until the interval is narrow (issue 12, item 4) -------
+
+
+SPIN_OFF = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
+def test_interleaved_sessions_do_not_spin(session_kwargs):
+    """Two models: every session is created with intra- and inter-op spinning off."""
+    result = bench_models([b"a", b"b"], FEEDS, warmup=0, runs=2)
+    assert [call.get("config") for call in session_kwargs] == [SPIN_OFF, SPIN_OFF]
+    assert result.spinning is False
+    assert result.to_dict()["spinning"] is False
+
+
+def test_single_model_keeps_onnxruntime_spinning(session_kwargs):
+    result = bench_models([b"a"], FEEDS, warmup=0, runs=2)
+    assert session_kwargs[0].get("config") is None
+    assert result.spinning is None
+
+
+def test_spinning_can_be_forced(session_kwargs):
+    on = bench_models([b"a", b"b"], FEEDS, warmup=0, runs=1, spinning=True)
+    assert [call.get("config") for call in session_kwargs] == [None, None]
+    assert on.spinning is True
+    session_kwargs.clear()
+    bench_models([b"a"], FEEDS, warmup=0, runs=1, spinning=False)
+    assert session_kwargs[0]["config"] == SPIN_OFF
+
+
+def test_no_spinning_with_real_sessions():
+    """The config entries are ones onnxruntime accepts (a session is really created)."""
+    result = bench_models([_model(), _model()], FEEDS, warmup=1, runs=3)
+    assert result.spinning is False
+    assert result.speedup > 0
+
+
+def test_target_ci_keeps_sampling_until_narrow(fake_sessions, monkeypatch):
+    """Rounds continue past ``runs`` until the interim interval is narrow enough."""
+    monkeypatch.setattr(latency, "time", _FakeClock(0.01))
+    widths = iter([0.5, 0.2, 0.05, 0.01])
+    checks = []
+
+    def fake_width(times):
+        checks.append(len(times[0]))
+        return next(widths)
+
+    monkeypatch.setattr(latency, "_interim_ci_width", fake_width)
+    result = bench_models([b"a", b"b"], FEEDS, warmup=0, runs=4, target_ci=0.02, max_time=100.0)
+    assert result.stop_reason == "target_ci"
+    assert len(checks) == 4
+    assert checks[0] == 4  # first check once `runs` rounds are done
+    assert checks == sorted(checks) and checks[-1] > 4
+    assert result.rounds == checks[-1]
+    # checks are STOP_CHECK_EVERY_S apart (0.5 s at 10 ms per clock reading: ~50 rounds)
+    assert checks[1] - checks[0] >= 0.5 / 0.01 * 0.5
+    data = result.to_dict()
+    assert data["stop_reason"] == "target_ci" and data["target_ci"] == 0.02 and data["max_time"] == 100.0
+
+
+def test_target_ci_is_bounded_by_max_time(fake_sessions, monkeypatch):
+    monkeypatch.setattr(latency, "time", _FakeClock(0.01))
+    monkeypatch.setattr(latency, "_interim_ci_width", lambda times: 1.0)
+    result = bench_models([b"a", b"b"], FEEDS, warmup=0, runs=2, target_ci=0.02, max_time=2.0)
+    assert result.stop_reason == "max_time"
+    assert 2.0 <= result.timed_seconds < 2.2
+    assert result.rounds > 2
+
+
+def test_target_ci_off_or_single_model_stops_at_runs(fake_sessions, monkeypatch):
+    monkeypatch.setattr(latency, "time", _FakeClock(0.01))
+    monkeypatch.setattr(latency, "_interim_ci_width", lambda times: 1.0)
+    assert bench_models([b"a", b"b"], FEEDS, warmup=0, runs=3).rounds == 3
+    one = bench_models([b"a"], FEEDS, warmup=0, runs=3, target_ci=0.02, max_time=5.0)
+    assert one.rounds == 3 and one.stop_reason == "runs" and one.target_ci is None
+
+
+def test_interim_ci_width():
+    rng = np.random.default_rng(0)
+    noisy = [list(1 + rng.random(400)), list(1 + rng.random(400))]
+    exact = [[1.0, 2.0, 3.0] * 20, [0.5, 1.0, 1.5] * 20]
+    assert latency._interim_ci_width(exact) == pytest.approx(0.0)
+    width = latency._interim_ci_width(noisy)
+    assert 0.0 < width < 0.5
+    full = latency._comparison([np.asarray(t) for t in noisy], 0, 1)
+    assert width == pytest.approx(latency._relative_width(full.ci95, full.speedup), rel=0.3)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target_ci": -0.1, "max_time": 1.0},
+        {"target_ci": 0.02},  # unbounded
+        {"max_time": -1.0},
+        {"min_time": 2.0, "max_time": 1.0},
+    ],
+)
+def test_bad_sampling_arguments(fake_sessions, kwargs):
+    with pytest.raises(UsageError):
+        bench_models([b"a", b"b"], FEEDS, **kwargs)

@@ -29,7 +29,10 @@ S = np.array([3.0, 2.0, 1.0])  # energies 9/14 = .643, 13/14 = .929, 1
     ("kwargs", "expected"),
     [
         ({"rank": 2}, 2),
-        ({"rank": 2.0}, 2),
+        ({"rank": np.int64(2)}, 2),
+        ({"rank": 1}, 1),  # an int is an absolute rank
+        ({"rank": 1.0}, 3),  # a float is a fraction: 1.0 is the full rank, not rank 1
+        ({"rank": np.float64(1.0)}, 3),
         ({"rank": 7}, 3),  # clamped to max_rank
         ({"rank": 0.5}, 2),  # ceil(0.5 · 3)
         ({"rank": 0.01}, 1),
@@ -75,6 +78,9 @@ def test_round_up_and_clamp(r, round_to, max_rank, expected):
         {"rank": 0},
         {"rank": -3},
         {"rank": 2.5},
+        {"rank": 2.0},  # written with a decimal point: not silently an absolute rank
+        {"rank": 1.5},
+        {"rank": 0.0},
         {"rank": float("nan")},
         {"rank": True},
         {"rank": 2, "round_to": 0},
@@ -256,3 +262,71 @@ def test_evbmf_matches_reference_port():
     Y = rng.standard_normal((16, 6)) @ rng.standard_normal((6, 144))
     Y[:, :8] += 1e-3 * rng.standard_normal((16, 8))
     assert evbmf(Y) == _reference_evbmf(Y)
+
+
+# ------------------------------------------------------------------ rank=1.0 vs rank=1 (issue 12, 6b)
+
+
+def _rank_option(spec: str):
+    from onnxopt.registry import build_options, get, parse_spec
+
+    (parsed,) = parse_spec(spec)
+    return build_options(get(parsed.name), parsed.options).rank
+
+
+def test_rank_one_point_zero_is_the_full_rank():
+    """`tucker:rank=1.0` meant absolute rank 1; now it is the fraction 1.0 (the full rank)."""
+    assert _rank_option("tucker:rank=1.0") == 1.0 and isinstance(_rank_option("tucker:rank=1.0"), float)
+    assert select_rank_pair(None, (12, 8), rank=_rank_option("tucker:rank=1.0")) == (12, 8)
+    assert select_rank(None, 7, rank=_rank_option("svd:rank=1.0")) == 7
+    # written without a decimal point: an absolute rank
+    assert _rank_option("tucker:rank=1") == 1 and isinstance(_rank_option("tucker:rank=1"), int)
+    assert select_rank_pair(None, (12, 8), rank=_rank_option("tucker:rank=1")) == (1, 1)
+    assert _rank_option("spatial:rank=8") == 8 and isinstance(_rank_option("spatial:rank=8"), int)
+    assert _rank_option("cp:rank=0.25") == 0.25
+
+
+@pytest.mark.parametrize("text", ["2.5", "2.0", "1e2", "1.5", "0.0", "-0.5"])
+def test_rank_with_a_decimal_point_above_one_is_an_error(text):
+    from onnxopt.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        _rank_option(f"tucker:rank={text}")
+    message = str(info.value)
+    assert f"rank={float(text)!r}: write a whole number for an absolute rank or a fraction in (0, 1]" in message
+    assert "tucker" in message
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "abc"])
+def test_bad_absolute_rank(text):
+    from onnxopt.errors import UsageError
+
+    with pytest.raises(UsageError):
+        _rank_option(f"svd:rank={text}")
+
+
+@pytest.mark.parametrize(("suffix", "text"), [(".yaml", "rank: {}"), (".json", '"rank": {}'), (".toml", "rank = {}")])
+def test_config_files_keep_the_form(tmp_path, suffix, text):
+    from onnxopt.registry import build_options, get, load_config
+
+    body = {
+        ".yaml": "passes:\n  - {{name: tucker, {}}}\n",
+        ".json": '{{"passes": [{{"name": "tucker", {}}}]}}',
+        ".toml": '[[passes]]\nname = "tucker"\n{}\n',
+    }[suffix]
+    for value, expected in (("1.0", 1.0), ("1", 1), ("0.5", 0.5)):
+        path = tmp_path / f"p{suffix}"
+        path.write_text(body.format(text.format(value)))
+        (spec,) = load_config(path)
+        rank = build_options(get("tucker"), spec.options).rank
+        assert rank == expected and type(rank) is type(expected), (suffix, value, rank)
+
+
+def test_report_writes_the_rank_as_it_means():
+    from onnxopt.decomp.ranks import format_rank
+    from onnxopt.registry import build_options, get
+
+    assert format_rank(1.0) == "1.0" and format_rank(1) == "1" and format_rank(np.int64(16)) == "16"
+    assert build_options(get("tucker"), {"rank": "1.0"}).describe_selector() == "rank=1.0"
+    assert build_options(get("tucker"), {"rank": "4"}).describe_selector() == "rank=4"
+    assert build_options(get("separable"), {"multiplier": "2"}).selector == ("rank", 2)

@@ -1,0 +1,114 @@
+"""The metrics table of ``onnxopt compare`` and of ``optimize``'s validation gate.
+
+One renderer for both (issue 12, item 6a): ``optimize`` used to print the raw metric keys
+as headers (``max_abs_error``, ``rel_l2_error``, ``top1_agreement``), which an 80-column
+terminal cut to ``max_abs_e…``; both commands now print the compact table ``compare``
+always had. Rows are the JSON dicts of :meth:`onnxopt.validate.compare.CompareRow.to_dict`
+(``provider``, ``reference_provider``, ``output`` and the metrics of
+:class:`~onnxopt.validate.metrics.OutputMetrics`), which is also what the validation
+report stores, so either command can pass what it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# (header, row key, format kind); headers short enough for 80 columns
+METRIC_COLUMNS = (
+    ("max abs", "max_abs_error", "g"),
+    ("mean abs", "mean_abs_error", "g"),
+    ("rel L2", "rel_l2_error", "g"),
+    ("cos mean", "cosine_mean", "cos"),
+    ("cos min", "cosine_min", "cos"),
+    ("SNR dB", "snr_db", "db"),
+    ("agree", "top1_agreement", "ratio"),
+)
+ACCURACY_COLUMNS = (
+    ("labeled", "labeled", "int"),
+    ("ref top-1", "reference_top1", "ratio"),
+    ("cand top-1", "candidate_top1", "ratio"),
+    ("ref top-5", "reference_top5", "ratio"),
+    ("cand top-5", "candidate_top5", "ratio"),
+)
+OUTPUT_MIN_WIDTH = 12  # output names longer than the room left wrap (never cut)
+AGREE_LEGEND = "agree = share of samples where both models rank the same class first (top-1)"
+
+
+def fmt_metric(value: Any, kind: str = "g") -> str:
+    """One cell: ``–`` for a metric that does not apply; non-finite values as text."""
+    if value is None:
+        return "–"
+    if isinstance(value, str):  # "nan", "inf", "-inf" from the JSON form
+        return value
+    if kind == "int":
+        return str(value)
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    if kind == "cos":
+        return f"{value:.6f}"
+    if kind == "db":
+        return f"{value:.1f}"
+    if kind == "ratio":
+        return f"{value:.4f}"
+    return f"{value:.3g}"
+
+
+def show_provider_column(mode: str, providers: Sequence[str]) -> bool:
+    """Rows are grouped by provider only when there is something to tell apart."""
+    return mode == "providers" or len(providers) > 1
+
+
+def provider_label(row: Mapping[str, Any], mode: str) -> str:
+    if mode == "models":
+        return str(row.get("provider", ""))
+    return f"{row.get('provider', '')} vs {row.get('reference_provider', '')}"
+
+
+def metrics_table(rows: Sequence[Mapping[str, Any]], columns=METRIC_COLUMNS, title: str | None = None):
+    """A rich table of ``rows`` (one per output) with ``columns``.
+
+    Fits 80 columns: short headers, numbers never wrap, no outer padding, and the output
+    name folds onto more lines when it is longer than the room left (``…`` never appears).
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    name_width = max((len(str(row.get("output", ""))) for row in rows), default=6)
+    cells = [[fmt_metric(row.get(key), kind) for _header, key, kind in columns] for row in rows]
+    # Two spaces between columns (collapsed padding + the box's blank divider), none outside.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
+    table.add_column("output", justify="left", overflow="fold", min_width=min(name_width, OUTPUT_MIN_WIDTH))
+    for index, (header, _key, _kind) in enumerate(columns):
+        # as wide as its widest cell: rich then narrows the output column, not the numbers
+        width = max([len(header), *(len(row[index]) for row in cells)])
+        table.add_column(header, justify="right", no_wrap=True, min_width=width)
+    for row, values in zip(rows, cells):
+        table.add_row(Text(str(row.get("output", "")), overflow="fold"), *values)
+    return table
+
+
+def _groups(rows: Sequence[Mapping[str, Any]], mode: str, providers: Sequence[str]):
+    """``(title, rows)``: one group per provider (in order) when providers are told apart."""
+    if not show_provider_column(mode, providers):
+        return [(None, list(rows))]
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(provider_label(row, mode), []).append(row)
+    return list(groups.items())
+
+
+def print_metrics(console, rows: Sequence[Mapping[str, Any]], *, mode: str, providers: Sequence[str]) -> None:
+    """The metrics table (one per provider when there are several), the ``agree`` legend for
+    classifier outputs and, for outputs with labels, the accuracy table — what ``compare``
+    and ``optimize`` print."""
+    for title, group in _groups(rows, mode, providers):
+        console.print(metrics_table(group, title=title))
+    if any(row.get("classifier") for row in rows):
+        console.print(AGREE_LEGEND, markup=False, highlight=False)
+    labeled = [row for row in rows if row.get("labeled")]
+    for title, group in _groups(labeled, mode, providers) if labeled else ():
+        heading = "accuracy" if title is None else f"accuracy, {title}"
+        console.print(metrics_table(group, columns=ACCURACY_COLUMNS, title=heading))
