@@ -25,6 +25,12 @@ For every model:
   correction gave .963/.0084 there and .9625/.0080 emulated here;
 * ``fp16`` — the fp16 pass with its defaults: worst and mean cosine against FP32.
 
+Time: the ``time`` column is the wall time of quantizing (the whole ``onnxopt.optimize``
+call, or ``quantize_static`` for the baseline); below the table, each int8 variant's time
+by step, from the pass report's ``seconds_by_phase`` (prepare, preprocess, calibration,
+quantization, bias correction, library check). The settings column says which model the
+pass kept (``kept: this pass`` or plain quantize_static's, from its library check).
+
 Latency: every variant of a model in one process, interleaved rounds (order rotating),
 one intra-op thread, batch 1; speedups are ratios of medians FP32/variant. Three are
 printed because this machine is shared (2 cores, other jobs running): the median *wall*
@@ -314,6 +320,7 @@ def bench_model(key: str, spec: ModelSpec, min_time: float, label_of: dict[str, 
           f"{'; ' + spec.targets if spec.targets else ''})", flush=True)
 
     variants: list[tuple[str, bytes, float, str]] = []
+    step_seconds: dict[str, dict[str, float]] = {}  # the int8 pass's time per step, per variant
     failed: list[tuple[str, str]] = []
     start = time.perf_counter()
     baseline = ort_baseline(path, spec.input, calibration)
@@ -330,11 +337,15 @@ def bench_model(key: str, spec: ModelSpec, min_time: float, label_of: dict[str, 
         figures = report.figures
         note = f"{figures.get('method')}, {figures.get('quantized_nodes')} nodes, " \
                f"{figures.get('excluded_nodes', 0)} excluded, {figures.get('per_channel_fallbacks', 0)} fallbacks"
+        if figures.get("result"):
+            note += f"; kept: {figures['result']}"
         variants.append((label, model, seconds, f"{pass_spec}: {note}"))
+        step_seconds[label] = figures.get("seconds_by_phase") or {}
     fp16_model, fp16_report, fp16_seconds = run_pass(path, "fp16", spec.input, calibration)
 
     def accuracy(label: str, output: np.ndarray, seconds: float, note: str) -> dict:
         row = {"variant": label, "seconds": round(seconds, 1), "note": note,
+               "seconds_by_phase": step_seconds.get(label, {}),
                "agreement": float(np.mean(output.argmax(1) == reference.argmax(1))),
                "cosine_mean": float(cosines(reference, output).mean())}
         if spec.imagenet:
@@ -362,13 +373,17 @@ def bench_model(key: str, spec: ModelSpec, min_time: float, label_of: dict[str, 
     print(f"  FP32: median {timing[0]['wall'] * 1e3:.2f} ms wall, {timing[0]['cpu'] * 1e3:.2f} ms CPU "
           f"({timing[0]['rounds']} interleaved rounds, batch 1, 1 thread)")
     print(f"  {'variant':<18} {'speed: wall':>11} {'CPU time':>9} {'wall p10':>9} {'agreement':>10} "
-          f"{'top-1 (drop)':>17} {'cos mean':>9} {'time':>5}  settings")
+          f"{'top-1 (drop)':>17} {'cos mean':>9} {'time':>5}  settings (time: quantizing, whole; steps below)")
     print(f"  {'fp32':<18} {'1.00x':>11} {'1.00x':>9} {'1.00x':>9} {'1.0000':>10} "
           f"{(f'{top1_ref:.4f}' if spec.imagenet else '-'):>17} {'1.0000':>9}")
     for row in rows:
         top1 = f"{row['top1']:.4f} ({(row['top1'] - top1_ref) * 100:+.2f})" if spec.imagenet else "-"
         print(f"  {row['variant']:<18} {row['wall']:>10.2f}x {row['cpu']:>8.2f}x {row['wall_p10']:>8.2f}x "
               f"{row['agreement']:>10.4f} {top1:>17} {row['cosine_mean']:>9.4f} {row['seconds']:>4.0f}s  {row['note']}")
+    for row in rows:  # where the quantizing time went (the pass's seconds_by_phase)
+        if row["seconds_by_phase"]:
+            steps = ", ".join(f"{step} {value:.1f}s" for step, value in row["seconds_by_phase"].items())
+            print(f"  {row['variant']:<18} time by step: {steps}")
     for row in accuracy_only:
         top1 = f"{row['top1']:.4f} ({(row['top1'] - top1_ref) * 100:+.2f})" if spec.imagenet else "-"
         print(f"  {row['variant']:<18} {'-':>11} {'-':>9} {'-':>9} {row['agreement']:>10.4f} {top1:>17} "

@@ -16,7 +16,14 @@
   :func:`rename_colliding`, :func:`upgrade_opset`, :func:`strip_initializer_value_info`;
 * :func:`check_loads` — whether onnxruntime loads (and runs) a converted model;
 * :func:`choose_reduce_range` — ``reduce_range=auto``: 7-bit weights where this CPU's
-  u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.hostcpu`).
+  u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.hostcpu`);
+* temporary files: :func:`scratch_dir` (a private folder removed on every exit path) and
+  :func:`contained` (third-party code run with the working directory and ``tempfile``'s
+  default folder inside it: onnxruntime's symbolic shape inference, when it fails, saves
+  ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` of every weight into the working
+  directory — 69 MB on a MiniLM);
+* :func:`similarity` — how close quantized models' outputs are to the float model's
+  (mean per-sample and worst per-channel Pearson r); :class:`StepClock` — time per step.
 """
 
 from __future__ import annotations
@@ -25,8 +32,12 @@ import contextlib
 import fnmatch
 import io
 import logging
+import os
+import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -434,3 +445,159 @@ def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) 
     except Exception:
         needed = 3
     converted.ir_version = max(original.ir_version, converted.ir_version, needed)
+
+
+# ---------------------------------------------------------------- temporary files
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A private temporary folder, removed with its contents on every exit path (an
+    exception, Ctrl-C included)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+@contextlib.contextmanager
+def contained(folder: Path) -> Iterator[None]:
+    """Run third-party code so that the files it writes beside itself land in ``folder``.
+
+    onnxruntime's ``SymbolicShapeInference.infer_shapes`` (inside ``quant_pre_process``)
+    saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` holding every weight into the
+    *working directory* when the inference is incomplete, and never removes them; its
+    quantizers make ``tempfile`` folders of their own. Inside this block the working
+    directory and ``tempfile``'s default folder are ``folder`` (restored afterwards): keep
+    the block around the call alone — user paths relative to the working directory (data
+    files) must not be opened inside it. Process-wide state: the passes run it on one thread.
+    """
+    previous_cwd = os.getcwd()
+    previous_tempdir = tempfile.tempdir
+    os.chdir(folder)
+    tempfile.tempdir = str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous_tempdir
+        os.chdir(previous_cwd)
+
+
+class StepClock:
+    """Wall time per named step, accumulated: ``with clock("calibration"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+    def rounded(self) -> dict[str, float]:
+        return {step: round(seconds, 2) for step, seconds in self.seconds.items()}
+
+
+# ---------------------------------------------------------------- closeness to the float model
+
+
+#: Per-channel correlation only where each channel has at least this many values (a
+#: [N, classes] output over a handful of samples has too few: its per-class r is noise).
+_MIN_CHANNEL_VALUES = 32
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """A candidate's outputs against the float model's, over the same samples."""
+
+    mean_r: float  # per output, the mean per-sample Pearson r; then the mean over outputs
+    worst_channel_r: float  # the lowest per-channel Pearson r over every output (mean_r where none)
+
+    @property
+    def score(self) -> float:
+        return (self.mean_r + self.worst_channel_r) / 2
+
+    def describe(self) -> str:
+        return f"{self.mean_r:.4f} / {self.worst_channel_r:.4f}"
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson r of two arrays; None where the first is constant (nothing to correlate with),
+    0 where only the second is."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    norm_a, norm_b = np.sqrt((a * a).sum()), np.sqrt((b * b).sum())
+    if norm_a == 0 or not np.isfinite(norm_a):
+        return None
+    if norm_b == 0 or not np.isfinite(norm_b):
+        return 0.0
+    return float(np.clip((a * b).sum() / (norm_a * norm_b), -1.0, 1.0))
+
+
+def channel_axis(shape: tuple[int, ...]) -> int | None:
+    """The channel axis of an output: the last of [N, T, C] (a detector's boxes, a sequence's
+    classes); of an image-like output the smaller of axis 1 (NCHW) and the last (NHWC);
+    None for [N, C]."""
+    if len(shape) < 3:
+        return None
+    if len(shape) == 3:
+        return 2
+    return 1 if shape[1] <= shape[-1] else len(shape) - 1
+
+
+def output_similarity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float | None]:
+    """(mean per-sample r, worst per-channel r or None) of one output, samples on axis 0."""
+    per_sample = []
+    for ref, out in zip(reference, candidate):
+        for i in range(ref.shape[0]):
+            r = pearson(ref[i], out[i])
+            if r is not None:
+                per_sample.append(r)
+    ref, out = np.concatenate(reference), np.concatenate(candidate)
+    axis = channel_axis(ref.shape)
+    worst = None
+    if axis is not None and ref.size // max(ref.shape[axis], 1) >= _MIN_CHANNEL_VALUES:
+        ref_c = np.moveaxis(ref, axis, 0).reshape(ref.shape[axis], -1)
+        out_c = np.moveaxis(out, axis, 0).reshape(ref.shape[axis], -1)
+        rs = [r for r in (pearson(a, b) for a, b in zip(ref_c, out_c)) if r is not None]
+        worst = min(rs) if rs else None
+    if not per_sample:
+        per_sample = [worst if worst is not None else pearson(ref, out) or 0.0]
+    return float(np.mean(per_sample)), worst
+
+
+def similarity(reference_model: onnx.ModelProto, candidates: list[onnx.ModelProto], samples: list[Feeds],
+               session_config: dict[str, str] | None = None) -> list[Similarity]:
+    """How close each candidate's float outputs are to ``reference_model``'s on ``samples``.
+
+    The candidates run with onnxruntime's default optimizations (their integer kernels, as
+    they will be run) and ``session_config`` (e.g. exact integer kernels)."""
+    import onnxruntime as ort
+
+    from onnxopt.io import runnable_bytes
+
+    def session(model: onnx.ModelProto, config: dict[str, str]):
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        for key, value in config.items():
+            options.add_session_config_entry(key, value)
+        return ort.InferenceSession(runnable_bytes(model), options, providers=["CPUExecutionProvider"])
+
+    reference = session(reference_model, {})
+    names = [o.name for o in reference.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")]
+    expected = [reference.run(names, feeds) for feeds in samples]
+    results = []
+    for candidate in candidates:
+        runner = session(candidate, session_config or {})
+        got = [runner.run(names, feeds) for feeds in samples]
+        means, worsts = [], []
+        for k in range(len(names)):
+            mean, worst = output_similarity([e[k] for e in expected], [g[k] for g in got])
+            means.append(mean)
+            if worst is not None:
+                worsts.append(worst)
+        mean_r = float(np.mean(means)) if means else 0.0
+        results.append(Similarity(mean_r, min(worsts) if worsts else mean_r))
+    return results

@@ -35,9 +35,7 @@ quantizes weights to 7 bits on x86 CPUs without VNNI, whose u8×s8 kernels satur
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -200,11 +198,11 @@ class QuantizeDynamicPass(OptimizerPass, ir.passes.FunctionalPass):
 
         weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[self.options.weights]
         reduce_range = qc.choose_reduce_range(self.options.reduce_range, self.options.weights == "int8", self.report)
-        with tempfile.TemporaryDirectory(prefix="onnxopt-int8-dynamic-") as tmp:
-            source, target = Path(tmp) / "model.onnx", Path(tmp) / "quantized.onnx"
+        with qc.scratch_dir("onnxopt-int8-dynamic-") as tmp:
+            source, target = tmp / "model.onnx", tmp / "quantized.onnx"
             onnx.save_model(prepared, str(source))
             try:
-                with qc.quiet("onnxruntime quantize_dynamic"):
+                with qc.quiet("onnxruntime quantize_dynamic"), qc.contained(tmp):
                     quantize_dynamic(
                         source, target, op_types_to_quantize=op_types, per_channel=self.options.per_channel,
                         weight_type=weight_type, nodes_to_exclude=exclude, reduce_range=reduce_range,

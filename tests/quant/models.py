@@ -60,3 +60,64 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def op_types(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
+
+
+def feature_and_head(seed: int = 0, size: int = 16, activation: str = "Relu") -> onnx.ModelProto:
+    """CRAFT's output layout in small: ``feature`` = Relu(Conv(x)) is a graph output *and* the
+    input of a head — Conv → Relu → Conv(1×1, 2 maps) → Transpose to NHWC = ``maps``.
+    ``activation="Clip"``: the trunk ends in Clip(0, 0.5) instead."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=0.3):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    inits = [
+        numpy_helper.from_array(w(16, 3, 3, 3), "trunk_w"), numpy_helper.from_array(w(16, scale=0.1), "trunk_b"),
+        numpy_helper.from_array(w(16, 16, 3, 3, scale=0.1), "head1_w"), numpy_helper.from_array(w(16, scale=0.1), "head1_b"),
+        numpy_helper.from_array(w(2, 16, 1, 1), "head2_w"), numpy_helper.from_array(w(2, scale=0.1), "head2_b"),
+    ]
+    if activation == "Clip":
+        inits += [numpy_helper.from_array(np.array(0.0, np.float32), "clip_min"),
+                  numpy_helper.from_array(np.array(0.5, np.float32), "clip_max")]
+    nodes = [
+        helper.make_node("Conv", ["x", "trunk_w", "trunk_b"], ["t"], name="trunk", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["t"], ["feature"], name="trunk_relu") if activation == "Relu" else
+        helper.make_node("Clip", ["t", "clip_min", "clip_max"], ["feature"], name="trunk_clip"),
+        helper.make_node("Conv", ["feature", "head1_w", "head1_b"], ["h1"], name="head1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h1"], ["h1r"], name="head1_relu"),
+        helper.make_node("Conv", ["h1r", "head2_w", "head2_b"], ["h2"], name="head2"),
+        helper.make_node("Transpose", ["h2"], ["maps"], name="to_nhwc", perm=[0, 2, 3, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes, "feature_and_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, ["N", size, size, 2]),
+         helper.make_tensor_value_info("feature", TensorProto.FLOAT, ["N", 16, size, size])], inits)
+    model = make_model(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def position_table_model(width: int = 16, table: int = 512) -> onnx.ModelProto:
+    """A model onnxruntime's symbolic shape inference cannot finish: a position table sliced to
+    the sequence length (Min(512, L)) added to an input of length L ("unsupported broadcast",
+    as in paraphrase-MiniLM). ``infer_shapes`` then saves ``sym_shape_infer_temp.onnx`` and a
+    ``<uuid>.data`` into the working directory before it raises."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((table, width)).astype(np.float32), "positions"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"), numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array((rng.standard_normal((width, width)) * 0.3).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "one"], ["length"], name="length", axis=0),
+        helper.make_node("Slice", ["positions", "zero", "length", "zero"], ["used"], name="slice"),
+        helper.make_node("Add", ["x", "used"], ["a"], name="add"),
+        helper.make_node("MatMul", ["a", "w"], ["y"], name="mm"),
+    ]
+    graph = helper.make_graph(
+        nodes, "position_table", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L", width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", width])], inits)
+    model = make_model(graph)
+    onnx.checker.check_model(model)
+    return model
