@@ -17,11 +17,7 @@
 * :func:`check_loads` — whether onnxruntime loads (and runs) a converted model;
 * :func:`choose_reduce_range` — ``reduce_range=auto``: 7-bit weights where this CPU's
   u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.hostcpu`);
-* temporary files: :func:`scratch_dir` (a private folder removed on every exit path) and
-  :func:`contained` (third-party code run with the working directory and ``tempfile``'s
-  default folder inside it: onnxruntime's symbolic shape inference, when it fails, saves
-  ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` of every weight into the working
-  directory — 69 MB on a MiniLM);
+* temporary files: ``scratch_dir`` and ``contained``, re-exported from :mod:`onnxopt.scratch`;
 * :func:`similarity` — how close quantized models' outputs are to the float model's
   (mean per-sample and worst per-channel Pearson r); :class:`StepClock` — time per step.
 """
@@ -32,12 +28,9 @@ import contextlib
 import fnmatch
 import io
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -45,6 +38,7 @@ import onnx_ir as ir
 
 from onnxopt import hostcpu, irutil
 from onnxopt.errors import InputError
+from onnxopt.scratch import contained, scratch_dir  # noqa: F401 - the passes call them as qc.*
 
 logger = logging.getLogger(__name__)
 
@@ -448,37 +442,6 @@ def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) 
 
 
 # ---------------------------------------------------------------- temporary files
-
-
-@contextlib.contextmanager
-def scratch_dir(prefix: str) -> Iterator[Path]:
-    """A private temporary folder, removed with its contents on every exit path (an
-    exception, Ctrl-C included)."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        yield Path(tmp)
-
-
-@contextlib.contextmanager
-def contained(folder: Path) -> Iterator[None]:
-    """Run third-party code so that the files it writes beside itself land in ``folder``.
-
-    onnxruntime's ``SymbolicShapeInference.infer_shapes`` (inside ``quant_pre_process``)
-    saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` holding every weight into the
-    *working directory* when the inference is incomplete, and never removes them; its
-    quantizers make ``tempfile`` folders of their own. Inside this block the working
-    directory and ``tempfile``'s default folder are ``folder`` (restored afterwards): keep
-    the block around the call alone — user paths relative to the working directory (data
-    files) must not be opened inside it. Process-wide state: the passes run it on one thread.
-    """
-    previous_cwd = os.getcwd()
-    previous_tempdir = tempfile.tempdir
-    os.chdir(folder)
-    tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = previous_tempdir
-        os.chdir(previous_cwd)
 
 
 class StepClock:
