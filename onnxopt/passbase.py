@@ -97,6 +97,9 @@ class PassContext:
     time_budget: float | None = None  # seconds a search pass may spend
     save_config: str | None = None  # where a search pass writes the plain pipeline it found
     input_shapes: dict[str, tuple[int, ...]] | None = None  # --input-shape: concrete shapes the user gave
+    # random_inputs(count): seeded one-sample feeds the model can take, derived from its graph (token ids
+    # inside their embedding table, masks of ones, recurrent state zeros); set by the API
+    random_inputs: Callable[[int], Iterator[Feeds]] | None = None
 
     def calibration_batches(self) -> Iterable[Feeds]:
         if self.calibration is None:

@@ -234,7 +234,8 @@ def input_specs(proto: onnx.ModelProto) -> list[InputSpec]:
         tensor = value.type.tensor_type
         dims = None
         if tensor.HasField("shape"):
-            dims = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tensor.shape.dim)
+            # a dim_value <= 0 is dynamic too (Paddle exports write -1)
+            dims = tuple(int(d.dim_value) if d.dim_value > 0 else None for d in tensor.shape.dim)
         specs.append(InputSpec(value.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
     return specs
 
@@ -324,6 +325,14 @@ def random_dims(spec: InputSpec) -> tuple[int, ...]:
             if dims[axis] is None:
                 dims[axis] = 224
     return tuple(1 if d is None else d for d in dims)
+
+
+def random_samples(context, specs: list[InputSpec], count: int) -> Iterator[Feeds]:
+    """``count`` seeded one-sample feeds: the context's (inputs the model can take, derived
+    from its graph by the caller), else :func:`random_feeds`."""
+    if context.random_inputs is not None:
+        return context.random_inputs(count)
+    return random_feeds(specs, count)
 
 
 def random_feeds(specs: list[InputSpec], count: int, seed: int = 0) -> Iterator[Feeds]:

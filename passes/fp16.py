@@ -258,7 +258,7 @@ class ConvertFloat16Pass(OptimizerPass, ir.passes.FunctionalPass):
         conversion's: only the load counts then.
         """
         try:
-            feeds = next(qc.random_feeds(qc.input_specs(base), 1))
+            feeds = next(iter(qc.random_samples(self.context, qc.input_specs(base), 1)))
         except InputError:  # an input type random data cannot fill: load only
             feeds = None
         try:
@@ -487,7 +487,7 @@ class ConvertFloat16Pass(OptimizerPass, ir.passes.FunctionalPass):
         if self.context.calibration is None:
             self.report.warn("mixed=auto: no calibration data (--data); measured on seeded random inputs, "
                              "which may not show the errors real inputs cause")
-            return list(qc.iter_samples(qc.random_feeds(specs, limit), specs, "random data", limit))
+            return list(qc.iter_samples(qc.random_samples(self.context, specs, limit), specs, "random data", limit))
         origin = self.context.calibration_description or "calibration data"
         feeds = list(qc.iter_samples(self.context.calibration(), specs, origin, limit))
         if not feeds:

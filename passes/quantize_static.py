@@ -277,7 +277,8 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                 "so accuracy is meaningless; use it to measure speed only"
             )
             self.report.figures["calibration"] = "random (seeded)"
-            return lambda: qc.iter_samples(qc.random_feeds(specs, limit), specs, "random calibration data", limit)
+            return lambda: qc.iter_samples(qc.random_samples(self.context, specs, limit), specs,
+                                           "random calibration data", limit)
         if self.context.calibration is None:
             self.report.skip_pass("needs calibration data: pass --data")
             return None
