@@ -81,3 +81,19 @@ def test_random_calibration_of_a_sentence_encoder_feeds_tokens_and_full_masks(mo
 def test_random_calibration_of_minus_one_dims():
     model, report = onnxopt.optimize(_paddle_style_conv(), "int8:calib=random:samples=2")
     assert report.passes[0].status == "modified", report.passes[0].skipped_reason
+
+
+def test_int8_validated_on_cuda_warns_that_it_is_a_cpu_optimization():
+    """On an H200, MobileNetV2's QDQ model ran 0.5x FP32 on the CUDA provider
+    (benchmarks/cuda_check.py): the report must say so wherever the run targets CUDA."""
+    from onnxopt.passbase import PassContext
+    from tests.quant.models import conv_stack
+    from tests.quant.test_int8 import context, run_int8
+
+    on_cuda = context()
+    on_cuda.providers = ("cpu", "cuda")
+    _, report = run_int8(conv_stack(), on_cuda)
+    assert any("INT8 is a CPU optimization" in w for w in report.warnings)
+    _, report = run_int8(conv_stack(), context())
+    assert not any("CUDA" in w for w in report.warnings)
+    assert PassContext().providers == ("cpu",)
