@@ -1,10 +1,16 @@
 """Static model statistics: parameters, MACs per node, op histogram.
 
 MACs (multiply-accumulates) are counted for the layers that dominate CNN and MLP cost:
-Conv, ConvTranspose, Gemm and MatMul. They need shapes, so the model is shape-inferred
-with its dynamic input dimensions fixed: the first dynamic dimension to 1 (one sample),
-other dynamic dimensions from ``input_shapes`` — where one stays unknown, MACs of the
-layers that depend on it are ``None`` rather than a guess.
+Conv, ConvTranspose, Gemm and MatMul, and the integer forms ``int8-dynamic`` writes
+(MatMulInteger, ConvInteger: the same MACs in int8). They need shapes, so the model is shape-inferred
+with its dynamic input dimensions fixed: all of an input's dimensions from
+``input_shapes`` where it is given; otherwise a dynamic first dimension to 1 (one sample)
+and a dynamic *sequence* dimension to :data:`DEFAULT_SEQUENCE` (128, the default of the
+validation inputs: dim 1 of a ``[batch, seq]`` integer or bool input — token ids, masks —
+or a dimension named like seq, len or token), so that a transformer's MatMuls are counted
+at that sequence length (:func:`assumed_dims` says which dimensions were set so). Where
+another dimension stays unknown, MACs of the layers that depend on it are ``None`` rather
+than a guess.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +26,17 @@ import onnx
 
 logger = logging.getLogger(__name__)
 
-COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+#: Every counted op takes its weight as input 1 (``check`` relies on it); the integer forms
+#: ``int8-dynamic`` writes cost the same MACs in int8.
+COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "ConvInteger")
+#: integer op -> (float op it counts as, input index of A/X, input index of W/B)
+_INTEGER_FORMS = {"MatMulInteger": ("MatMul", 0, 1), "ConvInteger": ("Conv", 0, 1)}
+#: Sequence length MACs are counted at where an input's sequence dimension is dynamic and
+#: not given; the same as :data:`onnxopt.validate.inputs.DEFAULT_SEQUENCE` (not imported:
+#: passes use this module, and they never import onnxopt.validate).
+DEFAULT_SEQUENCE = 128
+_SEQUENCE_DIM = re.compile(r"seq|len|token", re.IGNORECASE)  # as onnxopt.validate.inputs
+_INTEGER_TYPES = frozenset({2, 3, 4, 5, 6, 7, 9, 12, 13})  # uint8..int64, bool, uint32, uint64
 
 
 @dataclass(frozen=True)
@@ -30,22 +47,89 @@ class NodeCost:
     params: int
 
 
-def _with_fixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    initializers = {t.name for t in fixed.graph.initializer}
-    for value in fixed.graph.input:
-        if value.name in initializers or not value.type.HasField("tensor_type"):
+def _is_dynamic(dim) -> bool:
+    return not (dim.HasField("dim_value") and dim.dim_value > 0)
+
+
+def _sequence_axes(value) -> list[int]:
+    """Dynamic sequence dimensions of a graph input (module docstring), dim 0 excluded."""
+    tensor = value.type.tensor_type
+    dims = tensor.shape.dim
+    axes = []
+    for axis, dim in enumerate(dims):
+        if axis == 0 or not _is_dynamic(dim):
             continue
+        named = dim.HasField("dim_param") and _SEQUENCE_DIM.search(dim.dim_param)
+        if named or (len(dims) == 2 and axis == 1 and tensor.elem_type in _INTEGER_TYPES):
+            axes.append(axis)
+    return axes
+
+
+def _graph_inputs(model: onnx.ModelProto):
+    initializers = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in initializers and v.type.HasField("tensor_type")]
+
+
+def _named_sizes(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """{dim_param: size} from the inputs ``input_shapes`` gives: another input that shares
+    the dim's name (``attention_mask``'s ``sequence_length`` with ``input_ids:1x32``) takes
+    the same size."""
+    sizes: dict[str, int] = {}
+    for value in _graph_inputs(model):
+        override = input_shapes.get(value.name)
+        dims = value.type.tensor_type.shape.dim
+        if override is not None and len(override) == len(dims):
+            for dim, size in zip(dims, override):
+                if dim.HasField("dim_param") and dim.dim_param:
+                    sizes.setdefault(dim.dim_param, int(size))
+    return sizes
+
+
+def _fill(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """Fix ``model``'s dynamic input dims in place (module docstring); the sequence dims
+    set to :data:`DEFAULT_SEQUENCE`, as ``"input_ids dim 1 (sequence_length)"``."""
+    named = _named_sizes(model, input_shapes)
+    assumed: list[str] = []
+    for value in _graph_inputs(model):
         dims = value.type.tensor_type.shape.dim
         override = input_shapes.get(value.name)
         if override is not None and len(override) == len(dims):
             for dim, size in zip(dims, override):
                 dim.Clear()
                 dim.dim_value = int(size)
-        elif dims and not dims[0].HasField("dim_value"):
-            dims[0].Clear()
-            dims[0].dim_value = 1
+            continue
+        sequence = set(_sequence_axes(value))
+        for axis, dim in enumerate(dims):
+            if not _is_dynamic(dim):
+                continue
+            param = dim.dim_param if dim.HasField("dim_param") else ""
+            if param in named:
+                size = named[param]
+            elif axis == 0:
+                size = 1
+            elif axis in sequence:
+                size = DEFAULT_SEQUENCE
+                assumed.append(f"{value.name} dim {axis}" + (f" ({param})" if param else ""))
+            else:
+                continue
+            dim.Clear()
+            dim.dim_value = size
+    return assumed
+
+
+def assumed_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """The dynamic sequence dimensions MACs are counted at :data:`DEFAULT_SEQUENCE` for,
+    e.g. ``["input_ids dim 1 (sequence_length)"]``; empty when ``input_shapes`` sets them."""
+    copy = onnx.ModelProto()
+    copy.graph.input.extend(model.graph.input)
+    copy.graph.initializer.extend(onnx.TensorProto(name=t.name) for t in model.graph.initializer)
+    return _fill(copy, dict(input_shapes or {}))
+
+
+def _with_fixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    _fill(fixed, input_shapes)
     return fixed
 
 
@@ -70,13 +154,9 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """onnxruntime's symbolic inference propagates computed shapes (e.g. Pad amounts built
     from Shape/Concat) that onnx's inference leaves unknown."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    from onnxopt.scratch import symbolic_shape_inference
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception as exc:
-        logger.debug("symbolic shape inference failed: %s", exc)
-        return None
+    return symbolic_shape_inference(model)
 
 
 def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
@@ -134,21 +214,27 @@ def attribute(node: onnx.NodeProto, name: str, default):
 
 
 def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
-    get = lambda i: shapes.get(node.input[i]) if len(node.input) > i and node.input[i] else None  # noqa: E731
+    op_type, first, second = _INTEGER_FORMS.get(node.op_type, (node.op_type, 0, 1))
+    positions = {0: first, 1: second}
+
+    def get(i: int):
+        index = positions.get(i, i)
+        return shapes.get(node.input[index]) if len(node.input) > index and node.input[index] else None
+
     out = shapes.get(node.output[0]) if node.output else None
-    if node.op_type == "Conv":
+    if op_type == "Conv":
         weight = get(1)
         if not (_known(weight) and _known(out)):
             return None
         # out = [N, F, *spatial]; each output element costs (C/group)·prod(kernel) MACs.
         return math.prod(out) * math.prod(weight[1:])
-    if node.op_type == "ConvTranspose":
+    if op_type == "ConvTranspose":
         weight, x = get(1), get(0)
         if not (_known(weight) and _known(x)):
             return None
         # Each input element is scattered through (F/group)·prod(kernel) weights.
         return math.prod(x) * math.prod(weight[1:])
-    if node.op_type == "Gemm":
+    if op_type == "Gemm":
         a, b = get(0), get(1)
         if not (_known(a) and _known(b)):
             return None
@@ -156,7 +242,7 @@ def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
         k = a[0] if attribute(node, "transA", 0) else a[1]
         n = b[0] if attribute(node, "transB", 0) else b[1]
         return m * k * n
-    if node.op_type == "MatMul":
+    if op_type == "MatMul":
         a, b = get(0), get(1)
         if not (_known(a) and _known(b)) or not a or not b:
             return None

@@ -313,17 +313,15 @@ def static_shapes(model: ir.Model, wanted: list[str] | None = None) -> dict[str,
     static_inputs = all(_known(shapes.get(v.name)) for v in proto.graph.input if v.name not in initializers)
     # symbolic inference cannot resolve dynamic spatial sizes; only try it when it can help
     if static_inputs and (wanted is None or any(not _known(shapes.get(name)) for name in wanted)):
-        try:
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+        from onnxopt.scratch import symbolic_shape_inference
 
-            symbolic = SymbolicShapeInference.infer_shapes(proto, auto_merge=True)
+        symbolic = symbolic_shape_inference(proto)
+        if symbolic is not None:
             found: dict[str, tuple[int | None, ...]] = {}
             _collect_shapes(symbolic, found)
             for name, shape in found.items():
                 if _known(shape) and not _known(shapes.get(name)):
                     shapes[name] = shape
-        except Exception as exc:
-            logger.info("symbolic shape inference failed (%s)", exc)
     return shapes
 
 

@@ -50,6 +50,10 @@ Pass targets marked per node (on the original graph node):
   r < mn / (m + n), which leaves no room on small matrices;
 * any other Conv, Gemm or MatMul: ``"int8"``.
 
+For a transformer, ``blocks`` sums the MatMul/Gemm kernel time inside attention blocks and
+inside MLP blocks (:mod:`onnxopt.blocks`: by structure — the MatMuls around a Softmax and
+their projections are attention — or by node names).
+
 On CUDA, kernel times in onnxruntime's trace are host-side times; treat them as indicative.
 """
 
@@ -57,6 +61,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import dataclasses
 import json
 import logging
 import math
@@ -195,6 +200,9 @@ class ProfileResult:
     unmatched_ms: float
     unmatched_share: float
     not_timed: list[str] = field(default_factory=list)
+    #: MatMul/Gemm time by transformer block (:func:`onnxopt.blocks.block_times`): keys
+    #: attention, mlp, other; None for a model without attention.
+    blocks: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,6 +217,7 @@ class ProfileResult:
             "nodes": [n.to_dict() for n in self.nodes],
             "op_types": [o.to_dict() for o in self.op_types],
             "not_timed": list(self.not_timed),
+            "blocks": self.blocks,
         }
 
 
@@ -518,7 +527,11 @@ def profile_model(
             trace_path.unlink(missing_ok=True)
 
     kernels, run_ms = _timed_kernels(events, runs)
-    return _summarise(kernels, run_ms, graph, costs, provider, runs, warmup, threads)
+    result = _summarise(kernels, run_ms, graph, costs, provider, runs, warmup, threads)
+    from onnxopt.blocks import block_labels, block_times
+
+    blocks = block_times(block_labels(proto), result.nodes, result.kernel_ms)
+    return dataclasses.replace(result, blocks=blocks) if blocks else result
 
 
 def _summarise(

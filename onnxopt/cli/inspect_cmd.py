@@ -22,7 +22,7 @@ def _dtype(value) -> str:
 
 
 def describe(model, input_shapes) -> dict:
-    from onnxopt.analysis import COUNTED_OPS, model_stats, node_costs
+    from onnxopt.analysis import COUNTED_OPS, DEFAULT_SEQUENCE, assumed_dims, model_stats, node_costs
 
     initializers = {t.name for t in model.graph.initializer}
     costs = node_costs(model, input_shapes)
@@ -44,6 +44,9 @@ def describe(model, input_shapes) -> dict:
         "outputs": [{"name": v.name, "dtype": _dtype(v), "shape": _dims(v)} for v in model.graph.output],
         **stats.to_dict(),
         "layers": layers,
+        # dynamic sequence dims the MACs are counted at DEFAULT_SEQUENCE for (no --input-shape)
+        "sequence_length": DEFAULT_SEQUENCE if assumed_dims(model, input_shapes) else None,
+        "sequence_dims": assumed_dims(model, input_shapes),
     }
 
 
@@ -78,8 +81,12 @@ def command(model, input_shape, as_json):
         f"MACs {human_count(info['macs'])}, size {human_bytes(info['size_bytes'])}"
     )
     console.print("ops: " + ", ".join(f"{op} {n}" for op, n in info["op_histogram"].items()))
+    if info["sequence_dims"]:
+        console.print(f"MACs at sequence length {info['sequence_length']} ({', '.join(info['sequence_dims'])}); "
+                      "set it with --input-shape NAME:DIMS", markup=False, highlight=False)
     if info["layers"]:
-        layer_table = Table(title="MACs per layer (Conv, ConvTranspose, Gemm, MatMul)", title_justify="left")
+        layer_table = Table(title="MACs per layer (Conv, ConvTranspose, Gemm, MatMul and their integer forms)",
+                            title_justify="left")
         for column in ("node", "op", "MACs", "params"):
             layer_table.add_column(column, justify="right" if column in ("MACs", "params") else "left")
         for layer in info["layers"]:

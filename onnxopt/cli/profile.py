@@ -23,7 +23,10 @@ Per node: mean kernel time per run, share of the model's kernel time, MACs, para
 and which pass could target it (decompose = tucker/cp/spatial for dense k×k convolutions,
 svd for large 1×1 convolutions and dense layers, int8 for every Conv/Gemm/MatMul). Kernels
 that onnxruntime adds itself (layout reorders, copies) are shown as unmatched, so the
-shares add up to 100 %. A second table sums the time per op type.
+shares add up to 100 %. A second table sums the time per op type; for a transformer, one
+line sums the MatMul time inside attention blocks and inside MLP blocks. MACs of inputs
+with a dynamic sequence dimension are counted at the sequence length run (--input-shape,
+default 128).
 
 \b
 Examples:
@@ -91,6 +94,10 @@ def _print_result(result, top: int) -> None:
             human_count(row.params) if row.op_type != "unmatched" else "–",
         )
     console.print(ops, markup=False)
+    if result.blocks:
+        from onnxopt.blocks import describe_block_times
+
+        console.print(describe_block_times(result.blocks), markup=False, highlight=False)
     if result.unmatched_share > 0:
         console.print(
             f"unmatched: {_pct(result.unmatched_share)} of kernel time ran in kernels onnxruntime added "

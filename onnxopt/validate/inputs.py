@@ -794,11 +794,17 @@ def open_data(
     * a folder of images (jpg, jpeg, png, bmp, webp; sorted by name), turned into tensors
       by ``preprocess`` (see :mod:`onnxopt.validate.preprocess`); without it, the
       geometry comes from the model's input (``shapes`` fills its dynamic H×W) and pixels
-      are scaled to 0..1, with a warning.
+      are scaled to 0..1, with a warning;
+    * a ``.txt`` file: one text per line, tokenized by ``preprocess``'s
+      ``tokenizer=tokenizer.json max_length=N`` (see :mod:`onnxopt.validate.text`).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"data path not found: {path}")
+    if path.is_file() and path.suffix.lower() == ".txt":
+        from onnxopt.validate.text import open_text
+
+        return open_text(path, inputs, preprocess, shapes)
     if preprocess is not None and not path.is_dir():
         raise UsageError(f"--preprocess applies to a folder of images, and '{path.name}' is a file")
     if path.is_dir():
@@ -819,7 +825,7 @@ def open_data(
                 "use an .npz keyed by input name"
             )
         return ArraySource(inputs, {names[0]: _npy_member(path, names[0])}, path)
-    raise InputError(f"unsupported data file '{path.name}': expected .npz, .npy or a folder of images")
+    raise InputError(f"unsupported data file '{path.name}': expected .npz, .npy, .txt (text) or a folder of images")
 
 
 def _open_images(folder: Path, inputs: Sequence[InputInfo], preprocess: str | None, shapes) -> DataSource:

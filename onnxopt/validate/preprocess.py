@@ -132,6 +132,9 @@ def parse_preprocess(spec: str) -> PreprocessSpec:
         key = key.lower()
         if not sep:
             raise UsageError(f"bad --preprocess token '{token}': expected key=value (keys: {', '.join(KEYS)}); a preset must come first")
+        if key in ("tokenizer", "max_length"):  # onnxopt.validate.text's keys
+            raise UsageError(f"--preprocess key '{key}' is for text data (--data FILE.txt, one text per line); "
+                             f"image keys are {', '.join(KEYS)}")
         if key not in KEYS:
             raise UsageError(f"unknown --preprocess key '{key}': valid keys are {', '.join(KEYS)}")
         if key == "resize":

@@ -319,7 +319,7 @@ def test_missing_path_unsupported_file_and_corrupt_npz(tmp_path):
     with pytest.raises(InputError, match="data path not found: .*nope.npz"):
         open_data(tmp_path / "nope.npz", [info()])
     (tmp_path / "d.csv").write_text("1,2\n")
-    with pytest.raises(InputError, match="unsupported data file 'd.csv': expected .npz, .npy or a folder of images"):
+    with pytest.raises(InputError, match=r"unsupported data file 'd.csv': expected .npz, .npy, .txt \(text\) or a folder of images"):
         open_data(tmp_path / "d.csv", [info()])
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="cannot read '.*bad.npz'"):
