@@ -60,6 +60,7 @@ def optimize(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     on_pass_start: Callable[[OptimizerPass, int, int], None] | None = None,
     validation: GateSettings | None = None,
+    on_validation_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[onnx.ModelProto, RunReport]:
     """Apply a pipeline and return the optimized model (a new ``ModelProto``) and its report.
 
@@ -67,17 +68,25 @@ def optimize(
     model is compared with the original on onnxruntime and ``report.validation["passed"]``
     says whether it met the tolerances; the caller decides what to do with a failure (the
     CLI writes nothing). Without it — the API's default, unlike the CLI's — the report
-    records that validation was skipped.
+    records that validation was skipped. ``on_validation_progress(done, total)`` is called
+    after each validation batch.
 
     The input is never modified: a path is read, a ``ModelProto`` or ``ir.Model`` is copied.
     Raises :class:`~onnxopt.errors.OnnxoptError` subclasses (``UsageError`` for a bad
     pipeline, ``InputError`` for an unusable model, ``PassFailed`` when a pass raises).
     """
     specs = resolve_specs(passes, config)
+    context = context if context is not None else PassContext()
+    if input_shapes and context.input_shapes is None:  # search passes (auto) time layers at these shapes
+        context.input_shapes = dict(input_shapes)
     opt_passes = build_passes(specs, context)  # validate the pipeline before loading anything
     original = _as_proto(model)
     origin = origin or (str(model) if isinstance(model, (str, os.PathLike)) else "input")
     io.check_model(original, origin)
+    if context.random_inputs is None:  # calib=random and data-less fp16 checks: inputs the model can take
+        from onnxopt.validate.inputs import random_feeds
+
+        context.random_inputs = lambda count: random_feeds(original, count, seed=1, input_shapes=context.input_shapes)
     try:
         working = ir.from_proto(original)  # a copy: the caller's model stays untouched
     except Exception as exc:
@@ -99,10 +108,17 @@ def optimize(
         report.validation = {"skipped": True, "passed": None, "reason": "models over 2 GB are not validated"}
         report.warnings.append("validation skipped: models over 2 GB are not validated in memory")
     else:
+        from onnxopt.isolation import check_candidate, first_batch
         from onnxopt.validate.gate import run_gate
 
         asked = {key: value for pass_report in report.passes for key, value in pass_report.validate_with.items()}
-        gate = run_gate(io.runnable_bytes(original), result.SerializeToString(), validation, optimized_config=asked)
+        original_bytes, optimized_bytes = io.runnable_bytes(original), result.SerializeToString()
+        # A native crash in onnxruntime would kill this process: both run first in a child
+        # (CandidateFailed, exit 3, when the optimized model crashes or does not load/run).
+        check_candidate(original_bytes, optimized_bytes, first_batch(validation.source, validation.batch_size),
+                        validation.providers, passes=report.passes, config=asked)
+        gate = run_gate(original_bytes, optimized_bytes, validation, optimized_config=asked,
+                        progress=on_validation_progress)
         report.validation = gate.report
         report.benchmark = gate.benchmark
         if gate.benchmark and gate.benchmark.get("warning"):
@@ -120,26 +136,33 @@ def gate_settings(
     batch_size: int = 1,
     bench: bool = False,
     min_speedup: float | None = None,
+    has_data: bool | None = None,
 ) -> GateSettings:
     """Validation settings for :func:`optimize` with the CLI's defaults.
 
     ``source`` is the evaluation data (see :func:`data_source`); ``tolerances`` default by
-    what the pipeline contains (see :mod:`onnxopt.validate.gate`).
+    what the pipeline contains and whether the data is real (``has_data``; by default,
+    unless ``source`` holds random inputs) — see :mod:`onnxopt.validate.gate`.
     """
     from onnxopt.registry import get
     from onnxopt.validate.gate import GateSettings, default_tolerances
+    from onnxopt.validate.inputs import RandomSource
     from onnxopt.validate.providers import resolve_providers
+
+    if has_data is None:
+        has_data = not isinstance(source, RandomSource)
 
     specs = parse_spec(passes) if isinstance(passes, str) else passes
     choice = resolve_providers(providers)
     reason = "given"
     if tolerances is None or tolerances.is_empty():
-        tolerances, reason = default_tolerances([get(spec.name) for spec in specs])
+        tolerances, reason = default_tolerances([get(spec.name) for spec in specs], has_data=has_data)
         reason = f"default for {reason}"
     return GateSettings(
         source=source, providers=list(choice.providers), tolerances=tolerances, tolerance_reason=reason,
         labels=labels, batch_size=batch_size,
         bench=bench or min_speedup is not None, min_speedup=min_speedup, notes=list(choice.notes),
+        has_data=has_data,
     )
 
 
@@ -179,6 +202,34 @@ def split_calibration(source: DataSource, calibration_samples: int) -> tuple[Dat
         raise InputError(f"{source.description}: needs at least 2 samples to calibrate and evaluate on disjoint parts")
     count = max(1, min(calibration_samples, len(source) // 2))
     return source.split(count)
+
+
+def data_defaults(passes: str | list[PassSpec], has_data: bool) -> tuple[list[PassSpec], list[str]]:
+    """The pipeline with the defaults that real data (``--data``) turns on, and notes.
+
+    With data, decomposition passes refit (``refit=true``) unless the spec sets ``refit``
+    (``refit=false`` turns it off): the refit re-solves each layer's last factor on the
+    calibration part, and the gate then judges on real data. Search passes (``auto``)
+    choose for themselves.
+    """
+    import dataclasses
+
+    from onnxopt.registry import get
+
+    specs = parse_spec(passes) if isinstance(passes, str) else list(passes)
+    if not has_data:
+        return specs, []
+    result, refitted = [], []
+    for spec in specs:
+        cls = get(spec.name)
+        options = {f.name for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else set()
+        if "refit" in options and "refit" not in spec.options and not cls.needs_evaluator:
+            spec = PassSpec(spec.name, {**spec.options, "refit": True})
+            refitted.append(spec.name)
+        result.append(spec)
+    notes = [f"refit on by default with --data: {', '.join(dict.fromkeys(refitted))} (refit=false turns it off)"] \
+        if refitted else []
+    return result, notes
 
 
 def prepare_context(

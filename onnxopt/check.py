@@ -27,9 +27,13 @@ checker              error   ``onnx.checker.check_model`` fails (structure, SSA,
                              order, unknown ops, attributes)
 shape-inference      error   strict ONNX shape and type inference fails; together with
                              ``checker`` this is ``onnx.checker``'s *full* check
-duplicate-names      error   two nodes of one graph share a name (onnxruntime refuses the model)
-                             or a tensor name is defined twice (node outputs, graph inputs,
-                             initializers)
+duplicate-names      error   a tensor name is defined twice (node outputs, graph inputs,
+                             initializers), or two nodes of one graph share a name and
+                             onnxruntime really refuses the model (its session is created to
+                             verify: the claim is its own error message)
+                     warning two nodes of one graph share a name and onnxruntime loads the
+                             model anyway (it folds ``Constant`` nodes into initializers when
+                             it loads a graph, so their names never meet)
 node-names           warning nodes without a name (legal, but profiles, quantization exclusion
                              lists and per-layer reports cannot address them)
 input-shadowed       warning a graph input has an initializer of the same name (IR ≥ 4): it
@@ -47,7 +51,9 @@ opset-range          error   the ai.onnx opset is outside ``opset_min``..``opset
 reference            error   outputs on the ``reference`` inputs differ from the expected ones
                              beyond the tolerances (default: relative L2 error ≤ 1e-4)
 hints                warning only with ``hints=True``: layers a Tucker-2 decomposition would
-                             cut by a useful share of MACs, and the INT8 candidates
+                             cut by a useful share of MACs, the INT8 candidates, and the
+                             MatMul/Gemm candidates for svd / int8-dynamic (MACs at
+                             sequence length 128 where a sequence dim is dynamic)
 ==================== ======= ==================================================================
 
 Dependencies between rules: nothing runs after ``load-error``, ``size`` (error) or
@@ -55,8 +61,14 @@ Dependencies between rules: nothing runs after ``load-error``, ``size`` (error) 
 cannot be checked without its bytes or weights, and files outside the model's folder are
 never read); ``shape-inference``, MAC counting and
 ``ort-session`` are skipped when ``checker``, ``ir-version`` or ``opset-version`` already
-failed, and ``ort-session`` also after ``duplicate-names`` (the same root cause reported
-once, and onnxruntime is never handed a structurally broken graph); ``reference`` needs a
+failed, and ``ort-session`` also after a ``duplicate-names`` error on tensor names (the
+same root cause reported once, and onnxruntime is never handed a structurally broken
+graph). Duplicate *node* names are judged by onnxruntime itself: its session decides
+between an error (it refuses them: then ``duplicate-names`` reports it and
+``ort-session`` does not repeat it) and a warning; where no session is created
+(``ort-session`` disabled or skipped) the level follows what onnxruntime 1.31 was
+measured to do — it refuses two nodes of one graph with one name unless they are
+``Constant`` nodes — and the message says it was not verified. ``reference`` needs a
 session. Disabling a rule also lifts the skips it causes.
 
 Hints are warnings so that the output stays one format, but they are only computed on
@@ -108,7 +120,7 @@ RULES: dict[str, tuple[str, str]] = {
     "opset-version": (ERROR, "opset newer than the installed onnxruntime supports"),
     "checker": (ERROR, "onnx.checker.check_model fails"),
     "shape-inference": (ERROR, "strict ONNX shape/type inference fails"),
-    "duplicate-names": (ERROR, "duplicate node names in a graph, or a tensor defined twice"),
+    "duplicate-names": (ERROR, "a tensor defined twice, or duplicate node names onnxruntime refuses (else a warning)"),
     "node-names": (WARNING, "nodes without a name"),
     "input-shadowed": (WARNING, "graph inputs that also have an initializer (IR >= 4)"),
     "unused-initializer": (WARNING, "initializers or Constant nodes that nothing reads"),
@@ -663,14 +675,36 @@ def _rule_shape_inference(run: _Run, loaded: _Loaded) -> None:
         run.add("shape-inference", _one_line(exc))
 
 
-def _rule_duplicate_names(run: _Run, loaded: _Loaded) -> None:
+@dataclass(frozen=True)
+class _NodeNameDuplicates:
+    """Node names used more than once in one graph, and those onnxruntime is expected to
+    refuse (shared by at least two nodes that are not ``Constant``: onnxruntime turns
+    ``Constant`` nodes into initializers when it loads a graph, before it checks names)."""
+
+    where: str
+    names: list[str]
+    refused: list[str]
+
+
+def _node_name_duplicates(graph: onnx.GraphProto, where: str) -> _NodeNameDuplicates | None:
+    counts = Counter(n.name for n in graph.node if n.name)
+    names = [name for name, count in counts.items() if count > 1]
+    if not names:
+        return None
+    kept = Counter(n.name for n in graph.node if n.name in names
+                   and not (n.op_type == "Constant" and n.domain in ("", "ai.onnx")))
+    return _NodeNameDuplicates(where, names, [name for name, count in kept.items() if count > 1])
+
+
+def _rule_duplicate_names(run: _Run, loaded: _Loaded) -> list[_NodeNameDuplicates]:
+    """Tensor names defined twice are errors here; duplicate node names are returned for
+    :func:`_judge_node_names`, which asks onnxruntime whether it refuses them."""
+    node_duplicates = []
     for graph in _all_graphs(loaded.model.graph):
         where = "" if graph is loaded.model.graph else f" in subgraph '{graph.name}'"
-        node_names = Counter(n.name for n in graph.node if n.name)
-        dups = [name for name, count in node_names.items() if count > 1]
-        if dups:
-            run.add("duplicate-names", f"{len(dups)} node name(s) used more than once{where} ({_names(dups)}); "
-                                       "onnxruntime refuses the model")
+        duplicates = _node_name_duplicates(graph, where)
+        if duplicates is not None:
+            node_duplicates.append(duplicates)
         # Every tensor has one definition: a graph input, an initializer or a node output.
         # (An initializer listed as a graph input too is legal: see input-shadowed.)
         definitions: Counter[str] = Counter()
@@ -685,6 +719,51 @@ def _rule_duplicate_names(run: _Run, loaded: _Loaded) -> None:
         if twice_defined:
             run.add("duplicate-names", f"{len(twice_defined)} tensor name(s) defined more than once{where} "
                                        f"({_names(twice_defined)})")
+    return node_duplicates
+
+
+_SAME_NODE_NAME = re.compile(r"two nodes with same node name \((.*?)\)")
+
+
+def _judge_node_names(run: _Run, duplicates: list[_NodeNameDuplicates], session_tried: bool, loaded_ok: bool) -> None:
+    """Duplicate node names: an error only where onnxruntime refuses them.
+
+    ``session_tried``: the ``ort-session`` rule just tried to create a session, and
+    ``loaded_ok`` says whether it succeeded; its refusal, if it names one of the
+    duplicates, is the verdict. Otherwise the level is predicted (see
+    :class:`_NodeNameDuplicates`) and the message says it was not verified.
+    """
+    if not duplicates:
+        return
+    version = _ort_version()
+    refusal = None
+    if session_tried and not loaded_ok:
+        for index, finding in enumerate(run.findings):
+            match = _SAME_NODE_NAME.search(finding.message) if finding.rule == "ort-session" else None
+            if match:
+                refusal = match.group(1)
+                del run.findings[index]  # one root cause, one finding: reported below
+                if not any(f.rule == "ort-session" and f.level == ERROR for f in run.findings):
+                    run.failed_rules.discard("ort-session")
+                break
+    for item in duplicates:
+        text = f"{len(item.names)} node name(s) used more than once{item.where} ({_names(item.names)})"
+        if refusal is not None and refusal in item.names:
+            run.add("duplicate-names", f"{text}; onnxruntime {version} refuses the model: "
+                                       f"two nodes with same node name ({refusal})")
+            continue
+        if session_tried and loaded_ok:
+            run.add("duplicate-names", f"{text}; onnxruntime {version} loads the model (checked), but tools that "
+                                       "address nodes by name (profiles, quantization exclusion lists) may mix "
+                                       "them up", WARNING)
+            continue
+        why = "no onnxruntime session was created" if not session_tried else "onnxruntime stopped at another problem"
+        if item.refused:
+            run.add("duplicate-names", f"{text}; onnxruntime refuses two nodes of one graph with one name "
+                                       f"({_names(item.refused)}) (not verified: {why})")
+        else:
+            run.add("duplicate-names", f"{text}: all Constant nodes, which onnxruntime folds into initializers "
+                                       f"when it loads a model, so it accepts them (not verified: {why})", WARNING)
 
 
 def _rule_node_names(run: _Run, loaded: _Loaded) -> None:
@@ -979,6 +1058,11 @@ def _rule_hints(run: _Run, loaded: _Loaded, costs) -> None:
         share = f" ({100 * int8_macs / total:.0f}% of the {_human_count(total)} MACs)" if total and all_known else ""
         run.add("hints", f"INT8 quantization applies to {int8_layers} Conv/Gemm/MatMul layer(s) with float "
                          f"weights{share}: the same MACs in int8 arithmetic, weights 4× smaller")
+    from onnxopt.blocks import linear_candidates_hint  # MatMul/Gemm for svd and int8-dynamic
+
+    linear = linear_candidates_hint(model, costs)
+    if linear:
+        run.add("hints", linear)
 
 
 def _costs(run: _Run, loaded: _Loaded):
@@ -1034,14 +1118,17 @@ def _check(run: _Run, source: str, stdin: BinaryIO | None) -> None:
     structurally_ok = not (run.failed_rules & {"checker", "ir-version", "opset-version"})
     if structurally_ok:
         run.rule("shape-inference", _rule_shape_inference, loaded)
-    run.rule("duplicate-names", _rule_duplicate_names, loaded)
+    node_duplicates = run.rule("duplicate-names", _rule_duplicate_names, loaded) or []
     run.rule("node-names", _rule_node_names, loaded)
     run.rule("input-shadowed", _rule_input_shadowed, loaded)
     run.rule("unused-initializer", _rule_unused_initializer, loaded)
     run.rule("non-finite-weights", _rule_non_finite_weights, loaded)
     session = None
-    if structurally_ok and "duplicate-names" not in run.failed_rules:
+    session_tried = structurally_ok and "duplicate-names" not in run.failed_rules and config.enabled("ort-session")
+    if session_tried:
         session = run.rule("ort-session", _rule_ort_session, loaded)
+    if config.enabled("duplicate-names"):
+        _judge_node_names(run, node_duplicates, session_tried, session is not None)
     run.rule("max-size", _rule_max_size, loaded)
     run.rule("max-params", _rule_max_params, loaded)
     want_macs = config.max_macs is not None and config.enabled("max-macs")

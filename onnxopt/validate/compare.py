@@ -9,6 +9,11 @@ every session, and the outputs go straight into streaming accumulators
 
 Feeds are cast to each session's declared input type when it differs from the source's
 (e.g. a candidate whose inputs were converted to float16), with a note in the result.
+
+With ``self_check`` the reference runs the first batch a second time, and
+``CompareResult.reference_self_difference`` holds, per output, the relative L2 difference
+between its two runs: a model with random operators disagrees with itself, and then the
+metrics measure its noise (the gate uses this; see :mod:`onnxopt.validate.nondeterminism`).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class CompareResult:
     rows: list[CompareRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    reference_self_difference: dict[str, float] | None = None  # with self_check: two runs of the reference
 
     @property
     def metrics(self) -> list[OutputMetrics]:
@@ -185,6 +191,25 @@ class _Runner:
         return dict(zip(names, values, strict=True))
 
 
+def _relative_difference(first: np.ndarray, second: np.ndarray) -> float:
+    """Relative L2 difference of two runs' outputs (inf where NaN/Inf patterns or shapes differ)."""
+    a = np.asarray(first)
+    b = np.asarray(second)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.dtype.kind not in "fc":
+        return 0.0 if np.array_equal(a, b) else float("inf")
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(a) & np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), np.isfinite(b)) or not np.array_equal(a[~finite], b[~finite], equal_nan=True):
+        return float("inf")
+    diff = float(np.linalg.norm(a[finite] - b[finite]))
+    norm = float(np.linalg.norm(a[finite]))
+    if diff == 0:
+        return 0.0
+    return diff / norm if norm > 0 else float("inf")
+
+
 def _check_signatures(reference, candidate, source: DataSource) -> list[str]:
     """InputError when the two sessions' input or output names differ; the output names."""
 
@@ -222,6 +247,7 @@ def _compare(
     threads: int | None,
     progress: Callable[[int, int], None] | None,
     candidate_config: Mapping[str, str] | None = None,
+    self_check: bool = False,
 ) -> CompareResult:
     providers = list(dict.fromkeys(providers))
     if not providers:
@@ -246,6 +272,7 @@ def _compare(
     accumulators = {p: MetricsAccumulator(output_names) for p in providers}
     total = len(source) - len(source) % effective if source.fixed_batch else len(source)
     done = 0
+    self_difference: dict[str, float] | None = None
     for batch in source.batches(batch_size):
         outputs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
@@ -258,6 +285,10 @@ def _compare(
             accumulators[provider].update(
                 run("ref", ref_on(provider)), run(cand_slot, provider), batch.ids, labels
             )
+        if self_check and self_difference is None:  # after the candidate: both drew once
+            first = run("ref", ref_on(providers[0]))
+            again = runner.run("ref", ref_on(providers[0]), batch.feeds, batch.ids)
+            self_difference = {name: _relative_difference(first[name], again[name]) for name in output_names}
         done += len(batch)
         if progress is not None:
             progress(done, total)
@@ -272,6 +303,7 @@ def _compare(
         samples=done,
         batch_size=effective,
         seconds=time.perf_counter() - start,
+        reference_self_difference=self_difference,
     )
     for provider in providers:
         for metrics in accumulators[provider].result():
@@ -311,6 +343,7 @@ def compare_models(
     threads: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     candidate_config: Mapping[str, str] | None = None,
+    self_check: bool = False,
 ) -> CompareResult:
     """Compare ``candidate`` against ``reference`` (bytes, a path, or an onnx.ModelProto).
 
@@ -320,6 +353,8 @@ def compare_models(
     the models in the result (default: their paths, or "reference"/"candidate");
     ``progress(done, total)`` is called after each batch. ``candidate_config``: onnxruntime
     session config entries for the candidate's sessions only (e.g. exact integer kernels).
+    ``self_check``: run the reference twice on the first batch and record how far the two
+    runs differ (``reference_self_difference``).
 
     Raises:
         InputError: the models' input or output names differ, the data does not fit them,
@@ -330,6 +365,7 @@ def compare_models(
         "models", reference, candidate, source,
         providers=providers, batch_size=batch_size, labels=labels, reference_provider=reference_provider,
         names=names, threads=threads, progress=progress, candidate_config=candidate_config,
+        self_check=self_check,
     )
 
 

@@ -24,7 +24,7 @@ def _cosine(report: dict) -> float:
 
 
 def test_refit_option_receives_calibration_and_raises_fidelity(tmp_path):
-    plain = _optimize(tmp_path, "simplify,tucker:energy=0.9")
+    plain = _optimize(tmp_path, "simplify,tucker:energy=0.9:refit=false")  # --data turns refit on by default
     refit = _optimize(tmp_path, "simplify,tucker:energy=0.9:refit")
     assert not any("no calibration data" in w for w in refit["warnings"]), refit["warnings"]
     assert any("calibration: 32 samples" in note for note in refit["notes"])

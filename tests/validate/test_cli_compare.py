@@ -99,7 +99,8 @@ def test_json_output(models):
     assert data["results"][0]["rel_l2_error"] == pytest.approx(0.01, rel=1e-3)
     code, result = invoke(models["a"], models["same"], "--json")
     assert code == 0 and json.loads(result.stdout)["gate"] == {
-        "tolerances": {"atol": None, "rtol": None, "min_cosine": None, "min_agreement": None, "max_rel_error": 1e-4},
+        "tolerances": {"atol": None, "rtol": None, "min_cosine": None, "min_agreement": None, "max_rel_error": 1e-4,
+                       "min_cosine_p5": None, "min_channel_cosine": None},
         "passed": True, "failures": [],
     }
 

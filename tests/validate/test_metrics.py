@@ -210,7 +210,8 @@ def test_gate_lines_per_metric():
     assert failures == [
         "output 'logits': max abs error 1 > atol 0.5",
         f"output 'logits': relative L2 error {math.sqrt(2 / 30):.4g} > max 0.1",
-        "output 'logits': cosine 0.96 < min 0.999 (worst sample)",
+        "output 'logits': cosine 0.96 < min 0.999 (worst sample; 1 of 2 samples below, the 5th-percentile "
+        "cosine is 0.9600)",
         "output 'logits': top-1 agreement 0.5 < min 0.9",
     ]
     assert check_gate([m], Tolerances(atol=1.0, min_cosine=0.96, min_agreement=0.5, max_rel_error=0.26)) == []
@@ -284,3 +285,61 @@ def test_missing_labels_file(tmp_path):
 def test_shared_imagenet_labels():
     labels = load_labels(SHARED_IMAGES / "imagenet" / "labels.tsv")
     assert len(labels) == 500 and labels["n01440764_tench.JPEG"] == 0
+
+
+# --------------------------------------------------------------------------- percentile and channels (issue 12)
+
+
+def test_cosine_p5_is_the_fifth_lowest_of_100_and_streams():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((100, 8))
+    cand = ref + 0.01 * rng.standard_normal((100, 8))
+    cand[:7] = -ref[:7]  # seven samples reversed: cosine −1
+    one = metrics_of(ref, cand, ids=[str(i) for i in range(100)])
+    assert one.cosine_min == pytest.approx(-1.0) and one.cosine_p5 == pytest.approx(-1.0)
+    cand[:7] = ref[:7] * 1.5  # fixed: the 5th-lowest is now an ordinary sample
+    accumulator = OutputAccumulator("y")
+    for start in range(0, 100, 30):
+        accumulator.update(ref[start:start + 30], cand[start:start + 30], [str(i) for i in range(start, min(start + 30, 100))])
+    streamed = accumulator.result()
+    cosines = np.sort([np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(ref, cand)])
+    assert streamed.cosine_p5 == pytest.approx(cosines[4])
+    assert streamed.samples_below(streamed.cosine_p5) == 4
+    assert "sample_cosines" not in streamed.to_dict() and "cosine_p5" in streamed.to_dict()
+
+
+def test_cosine_p5_of_few_samples_is_the_worst():
+    ref = np.eye(8)
+    cand = np.eye(8)
+    cand[3, 4] = 1.0
+    m = metrics_of(ref, cand, ids=[str(i) for i in range(8)])
+    assert m.cosine_p5 == m.cosine_min == pytest.approx(1 / math.sqrt(2))
+
+
+def test_channel_cosine_of_detection_outputs():
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 416, (3, 50, 4)), rng.uniform(0, 1, (3, 50, 2))], axis=2)
+    cand = ref.copy()
+    cand[:, :, 4] = rng.uniform(0, 1, (3, 50))  # objectness replaced by noise
+    m = metrics_of(ref, cand, ids=["a", "b", "c"])
+    assert m.cosine_min > 0.999  # the coordinates hide it from the whole-output cosine
+    assert m.channel_cosine_argmin == 4 and m.channel_cosine_min < 0.9
+    failures = check_gate([m], Tolerances(min_channel_cosine=0.99))
+    assert failures == [f"output 'y': cosine of attribute channel 4 (last axis) {m.channel_cosine_min:.4g} < min 0.99"]
+
+
+@pytest.mark.parametrize("shape", [(3, 10), (3, 4, 200), (3, 200, 300), (3, 2, 8, 8)])
+def test_channel_cosine_only_for_detection_like_outputs(shape):
+    ref = np.random.default_rng(0).standard_normal(shape)
+    m = metrics_of(ref, ref * 2, ids=["a", "b", "c"])
+    assert m.channel_cosine_min is None
+    assert check_gate([m], Tolerances(min_channel_cosine=0.99)) == []
+
+
+def test_p5_gate_line_says_how_many_samples_fall_below():
+    ref = np.ones((20, 4))
+    cand = np.ones((20, 4))
+    cand[:3] = [1, -1, 1, -1]  # cosine 0
+    m = metrics_of(ref, cand, ids=[str(i) for i in range(20)])
+    assert check_gate([m], Tolerances(min_cosine_p5=0.98)) == [
+        "output 'y': 5th-percentile cosine 0 < min 0.98 (3 of 20 samples below; the worst 0.0000)"]
