@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -71,12 +72,15 @@ def optimize(
     records that validation was skipped. ``on_validation_progress(done, total)`` is called
     after each validation batch.
 
-    The input is never modified: a path is read, a ``ModelProto`` or ``ir.Model`` is copied.
+    The input is never modified: a path is read, a ``ModelProto`` or ``ir.Model`` is copied;
+    ``context`` is copied too. Not for concurrent use by threads of one process (onnxruntime's
+    quantizer and shape inference run with the working directory in a scratch folder).
     Raises :class:`~onnxopt.errors.OnnxoptError` subclasses (``UsageError`` for a bad
     pipeline, ``InputError`` for an unusable model, ``PassFailed`` when a pass raises).
     """
     specs = resolve_specs(passes, config)
-    context = context if context is not None else PassContext()
+    # a copy: the caller's context is not changed (it may be reused for another model)
+    context = dataclasses.replace(context) if context is not None else PassContext()
     if input_shapes and context.input_shapes is None:  # search passes (auto) time layers at these shapes
         context.input_shapes = dict(input_shapes)
     opt_passes = build_passes(specs, context)  # validate the pipeline before loading anything
@@ -260,7 +264,10 @@ def prepare_context(
     specs = parse_spec(passes) if isinstance(passes, str) else list(passes)
     classes = [get(spec.name) for spec in specs]
     wants_data = any(cls.uses_data(build_options(cls, spec.options)) for cls, spec in zip(classes, specs))
-    context = PassContext(jobs=jobs, providers=tuple(p.strip() for p in providers.split(",")),
+    from onnxopt.validate.providers import resolve_providers
+
+    # passes see the providers the run really uses: "auto" resolved, CUDA only where it loads
+    context = PassContext(jobs=jobs, providers=tuple(resolve_providers(providers).providers),
                           time_budget=time_budget, save_config=str(save_config) if save_config else None)
     notes: list[str] = []
     evaluation = source

@@ -2,10 +2,9 @@
 
 onnxruntime's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` and a
 ``<uuid>.data`` holding every weight into the *working directory* when its inference is
-incomplete, and never removes them; its quantizers make ``tempfile`` folders of their own.
-:func:`contained` runs such code with the working directory and ``tempfile``'s folder set
-to a folder that :func:`scratch_dir` removes on every exit path (Ctrl-C included), and
-:func:`symbolic_shape_inference` is the one way onnxopt calls that inference.
+incomplete, and never removes them. :func:`contained` runs such code with the working
+directory set to a folder that :func:`scratch_dir` removes on every exit path (Ctrl-C
+included), and :func:`symbolic_shape_inference` is the one way onnxopt calls that inference.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import onnx
 
 logger = logging.getLogger(__name__)
+
+_PROCESS_STATE = threading.RLock()  # the working directory, while contained
 
 
 @contextlib.contextmanager
@@ -36,20 +38,21 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
 def contained(folder: Path) -> Iterator[None]:
     """Run third-party code so that the files it writes beside itself land in ``folder``.
 
-    Inside this block the working directory and ``tempfile``'s default folder are
-    ``folder`` (restored afterwards): keep the block around the call alone — user paths
-    relative to the working directory (data files) must not be opened inside it.
-    Process-wide state: callers run it on one thread.
+    Inside this block the working directory is ``folder`` (restored afterwards): keep the
+    block around the call alone — user paths relative to the working directory (data
+    files) must not be opened inside it. The working directory is process-wide: blocks
+    are serialised by a lock, and other threads of the process must not rely on it
+    meanwhile (``onnxopt.optimize`` is therefore not for concurrent use in one process).
+    ``tempfile``'s folder is left alone: onnxruntime's own temporary folders are context
+    managers that remove themselves, and changing it would move other threads' folders.
     """
-    previous_cwd = os.getcwd()
-    previous_tempdir = tempfile.tempdir
-    os.chdir(folder)
-    tempfile.tempdir = str(folder)
-    try:
-        yield
-    finally:
-        tempfile.tempdir = previous_tempdir
-        os.chdir(previous_cwd)
+    with _PROCESS_STATE:
+        previous_cwd = os.getcwd()
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(previous_cwd)
 
 
 def symbolic_shape_inference(model: onnx.ModelProto) -> onnx.ModelProto | None:

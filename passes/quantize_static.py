@@ -188,9 +188,9 @@ class QuantizeStaticOptions:
             raise ValueError("activations=int8 with weights=uint8 is not supported by onnxruntime; use weights=int8")
 
 
-_CUDA_WARNING = ("INT8 is a CPU optimization: on onnxruntime's CUDA provider a QDQ model runs slower than "
-                 "FP32 (MobileNetV2 0.5x on an H200: its per-channel DequantizeLinear nodes fall back to the "
-                 "CPU); for a GPU target use fp16")
+_CUDA_WARNING = ("INT8 is a CPU optimization: onnxruntime's CUDA provider runs a QDQ model's per-channel "
+                 "DequantizeLinear nodes on the CPU, so it can run slower than FP32 there (see the README, "
+                 "'On a GPU'); for a GPU target use fp16, and measure with `onnxopt bench --providers cuda`")
 
 
 @register
