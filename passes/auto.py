@@ -857,8 +857,8 @@ class _Search:
             _collect_shapes(onnx.shape_inference.infer_shapes(light, data_prop=True), shapes)
         except Exception as exc:
             logger.info("auto: ONNX shape inference failed (%s)", exc)
-        # no symbolic shape inference here: where it is incomplete, onnxruntime dumps the model
-        # (sym_shape_infer_temp.onnx + a .data file) into the working directory; one run is exact
+        # what ONNX shape inference leaves unknown comes from one run of the model (exact, and
+        # cheaper than onnxruntime's symbolic inference on the models that need it)
         missing = [name for name in dict.fromkeys(wanted) if not _known(shapes.get(name))]
         if missing:
             ran = self._run_for_shapes(missing, fixed, feeds)

@@ -112,8 +112,8 @@ ImageNet photos, 100 others for calibration; ``benchmarks/quantize.py``):
 * Temporary files: every file onnxruntime writes goes to a private folder removed on
   every exit path (Ctrl-C included) — also what its symbolic shape inference leaves in
   the *working directory* when it fails (``sym_shape_infer_temp.onnx`` and a
-  ``<uuid>.data`` of every weight: 69 MB on paraphrase-MiniLM): the working directory
-  and ``tempfile``'s folder are that folder while onnxruntime runs (``qc.contained``).
+  ``<uuid>.data`` of every weight: 69 MB on paraphrase-MiniLM): the working directory is
+  that folder while onnxruntime runs (``qc.contained``).
 """
 
 from __future__ import annotations
