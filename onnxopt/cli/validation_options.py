@@ -88,7 +88,7 @@ def provider_option(func):
 
 
 def tolerance_options(func):
-    """``--atol --rtol --min-cosine --min-agreement --max-rel-error``."""
+    """``--atol --rtol --min-cosine --min-cosine-p5 --min-channel-cosine --min-agreement --max-rel-error``."""
     non_negative = click.FloatRange(min=0)
     return _apply(
         func,
@@ -98,6 +98,11 @@ def tolerance_options(func):
             click.option("--rtol", type=non_negative, metavar="X", help="Relative tolerance used with --atol."),
             click.option("--min-cosine", type=click.FloatRange(-1, 1), metavar="X",
                          help="Fail when a sample's cosine similarity is below X."),
+            click.option("--min-cosine-p5", type=click.FloatRange(-1, 1), metavar="X",
+                         help="Fail when the 5th percentile of the per-sample cosine similarities is below X."),
+            click.option("--min-channel-cosine", type=click.FloatRange(-1, 1), metavar="X",
+                         help="Fail when an attribute channel of a detection-like output (boxes, "
+                              "objectness, class scores) has a cosine similarity below X."),
             click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="X",
                          help="Fail when top-1 agreement of [N, classes] outputs is below X."),
             click.option("--max-rel-error", type=non_negative, metavar="X",
@@ -130,7 +135,7 @@ def build_source(
     shapes = resolve_shapes(inputs, parse_input_shapes(input_shape or ()), batch_size or 1)
     if data is None:
         if preprocess is not None:
-            raise UsageError("--preprocess needs --data (a folder of images)")
+            raise UsageError("--preprocess needs --data (a folder of images, or a text file)")
         return random_source(inputs, shapes, samples or DEFAULT_RANDOM_SAMPLES, seed)
     source = open_data(data, inputs, preprocess=preprocess, shapes=shapes)
     if samples is not None:
@@ -156,13 +161,17 @@ def build_tolerances(
     min_cosine: float | None = None,
     min_agreement: float | None = None,
     max_rel_error: float | None = None,
+    min_cosine_p5: float | None = None,
+    min_channel_cosine: float | None = None,
     default: Tolerances | None = None,
     **_ignored,
 ) -> Tolerances:
-    """The :class:`Tolerances` of the options; ``default`` when none is given."""
+    """The :class:`Tolerances` of the options; ``default`` when none is given (any option
+    replaces the whole default)."""
     from onnxopt.validate.metrics import Tolerances
 
-    tolerances = Tolerances(atol, rtol, min_cosine, min_agreement, max_rel_error)
+    tolerances = Tolerances(atol, rtol, min_cosine, min_agreement, max_rel_error,
+                            min_cosine_p5=min_cosine_p5, min_channel_cosine=min_channel_cosine)
     if tolerances.is_empty() and default is not None:
         return default
     return tolerances

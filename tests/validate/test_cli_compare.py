@@ -145,7 +145,7 @@ def test_explicit_cuda_that_does_not_load(models):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--preprocess", "imagenet"], "--preprocess needs --data (a folder of images)"),
+        (["--preprocess", "imagenet"], "--preprocess needs --data (a folder of images, or a text file)"),
         (["--labels", "x.tsv"], "--labels needs --data: labels are matched to image file names"),
         (["--input-shape", "x:1xq"], "bad --input-shape 'x:1xq'"),
         (["--input-shape", "nope:1x4"], "--input-shape names 'nope', which is not an input of the model"),
@@ -234,3 +234,23 @@ def test_mobilenet_against_itself_on_imagenet_images():
     assert row["candidate_top1"] == row["reference_top1"]
     print(f"mobilenet_v2 on 500 images: top-1 {row['reference_top1']:.3f}, top-5 {row['reference_top5']:.3f}, "
           f"agreement {row['top1_agreement']}, {seconds:.1f} s")
+
+
+def test_percentile_and_channel_bounds_are_flags_too():
+    """The gate's own statistics can be set by hand (any tolerance flag replaces the whole
+    default, so a user tightening one must be able to state the others)."""
+    from onnxopt.cli.validation_options import build_tolerances
+    from onnxopt.validate.metrics import Tolerances
+
+    tolerances = build_tolerances(min_cosine_p5=0.99, min_channel_cosine=0.995, default=Tolerances(max_rel_error=1e-4))
+    assert tolerances == Tolerances(min_cosine_p5=0.99, min_channel_cosine=0.995)
+
+
+def test_min_cosine_p5_flag_gates(tmp_path):
+    noisy = WEIGHT + 0.05 * np.random.default_rng(1).standard_normal(WEIGHT.shape).astype(np.float32)
+    onnx.save(linear(), tmp_path / "a.onnx")
+    onnx.save(linear(noisy), tmp_path / "b.onnx")
+    code, result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "--min-cosine-p5", "0.9")
+    assert code == 0, result.output
+    code, result = invoke(tmp_path / "a.onnx", tmp_path / "b.onnx", "--min-cosine-p5", "0.9999999")
+    assert code == 1 and "5th-percentile" in result.output, result.output
