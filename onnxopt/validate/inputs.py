@@ -28,8 +28,12 @@ Random inputs (derived from the graph)
       hidden] with X [T, N, F]). Otherwise a fixed first dim *k* shared by the data
       inputs is the batch (exactly *k* samples per batch); where the fixed first dims
       differ, every sample is fed as declared, one per batch.
-    * Recurrent state (names h, c, h0, c0, hx, cx, state, states, hidden, initial_h/c,
-      ``*_state``; at most one dynamic dim) is zeros. A fully fixed state is fed
+    * Recurrent state is zeros (at most one dynamic dim; :attr:`InputInfo.state`): an
+      input that reaches an LSTM, GRU or RNN's ``initial_h``/``initial_c`` (directly, in a
+      subgraph, or through the value ops listed for indices below), or one named h, c,
+      h0, c0, hx, cx, state, states, initial_h/c or init_h/c beside an output of the same
+      shape (dims dynamic in either match; Silero's h → hn). Anything else, e.g.
+      ``encoder_hidden_states``, is data. A fully fixed state is fed
       unchanged with every batch and pins the batch to one sample where the batch axis
       is dynamic (its own batch dim is fixed); a state whose dynamic dim is the batch
       follows the batch. Other fully fixed inputs beside a dynamic batch are drawn once
@@ -92,7 +96,10 @@ RANDOM_INT_HIGH = 10
 
 _SEQUENCE_DIM = re.compile(r"seq|len|token", re.IGNORECASE)
 _MASK_NAME = re.compile(r"(?:.*[_./-])?mask")
-_STATE_NAME = re.compile(r"h|c|h0|c0|hx|cx|state|states|hidden|initial_[hc]|init_[hc]|.+_states?")
+#: Names that make an input state when an output has its shape (a state in/out pair).
+_STATE_NAME = re.compile(r"[hc]|[hc]0|[hc]x|states?|initial_[hc]|init_[hc]")
+#: Recurrent ops and their state inputs (initial_h, initial_c).
+_RECURRENT_STATE_SLOTS = {"LSTM": (5, 6), "GRU": (5,), "RNN": (5,)}
 _RATE_NAME = re.compile(r"sr|sample_?rate|sampling_rate")
 #: Ops whose output carries (some of) the values of input 0 (any input for Concat): an
 #: index input followed through them still ends up as indices.
@@ -108,12 +115,15 @@ class InputInfo:
     dynamic dims). ``shape`` itself is None when the model declares no shape at all.
     ``index_high``: for an integer input used as ``Gather`` indices, the number of rows of
     the smallest table it indexes (random values stay below it); None otherwise.
+    ``state``: recurrent state, judged from the graph by :func:`model_inputs` (module
+    docstring); random inputs fill it with zeros.
     """
 
     name: str
     dtype: np.dtype
     shape: tuple[Dim, ...] | None
     index_high: int | None = None
+    state: bool = False
 
     @property
     def rank(self) -> int | None:
@@ -162,7 +172,96 @@ def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
         result.append(InputInfo(value.name, _elem_to_dtype(tensor.elem_type, value.name), shape))
     integers = [info.name for info in result if info.dtype.kind in "iu"]
     bounds = _index_bounds(model.graph, integers) if integers else {}
-    return [InputInfo(i.name, i.dtype, i.shape, bounds.get(i.name)) for i in result]
+    states = _state_inputs(model, result)
+    return [InputInfo(i.name, i.dtype, i.shape, bounds.get(i.name), i.name in states) for i in result]
+
+
+def _subgraphs(node) -> Iterator:
+    import onnx
+
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _state_inputs(model: onnx.ModelProto, inputs: Sequence[InputInfo]) -> set[str]:
+    """Names of the inputs that are recurrent state (module docstring): those reaching an
+    RNN's initial state, and named ones that an output of the same shape pairs with."""
+    consumers: dict[str, list[tuple[object, int]]] = defaultdict(list)
+    carried: dict[str, list[str]] = defaultdict(list)  # an If branch's output → the If's output
+
+    def scan(graph) -> None:
+        for node in graph.node:
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            for position, name in enumerate(node.input):
+                if name:
+                    consumers[name].append((node, position))
+            for sub in _subgraphs(node):
+                if node.op_type == "If":
+                    for out, parent in zip(sub.output, node.output, strict=False):
+                        carried[out.name].append(parent)
+                scan(sub)
+
+    scan(model.graph)
+    states: set[str] = set()
+    for info in inputs:
+        seen, todo = {info.name}, [info.name]
+        while todo and info.name not in states:
+            name = todo.pop()
+            following = list(carried.get(name, ()))
+            for node, position in consumers.get(name, ()):
+                if position in _RECURRENT_STATE_SLOTS.get(node.op_type, ()):
+                    states.add(info.name)
+                elif node.op_type in _VALUE_OPS and (position == 0 or node.op_type == "Concat"):
+                    following.extend(node.output)
+            for out in following:
+                if out and out not in seen:
+                    seen.add(out)
+                    todo.append(out)
+    named = [i for i in inputs if i.name not in states and i.shape and _STATE_NAME.fullmatch(_base_name(i.name))]
+    if named:
+        outputs = _output_shapes(model.graph)
+        if any(shape is None for shape in outputs) and not all(any(_pairs(i.shape, o) for o in outputs if o) for i in named):
+            outputs = _output_shapes(_inferred_graph(model)) or outputs
+        states.update(i.name for i in named if any(_pairs(i.shape, o) for o in outputs if o))
+    return states
+
+
+def _output_shapes(graph) -> list[tuple[Dim, ...] | None]:
+    """Declared shape of every graph output (dims as in :class:`InputInfo`), None where unknown."""
+    if graph is None:
+        return []
+    shapes: list[tuple[Dim, ...] | None] = []
+    for value in graph.output:
+        tensor = value.type.tensor_type if value.type.WhichOneof("value") == "tensor_type" else None
+        if tensor is None or not tensor.HasField("shape"):
+            shapes.append(None)
+            continue
+        shapes.append(tuple(int(d.dim_value) if d.HasField("dim_value") and d.dim_value > 0 else None
+                            for d in tensor.shape.dim))
+    return shapes
+
+
+def _inferred_graph(model: onnx.ModelProto):
+    """The graph with output shapes filled in by ONNX shape inference; None if it fails."""
+    import onnx.shape_inference
+
+    try:
+        return onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # noqa: BLE001 - inference is a best effort (e.g. over 2 GB, unknown ops)
+        return None
+
+
+def _pairs(state: tuple[Dim, ...], output: tuple[Dim, ...]) -> bool:
+    """An output of the same shape as a state input: same rank, every dim equal or dynamic
+    in either, and at least one dim fixed in both."""
+    if len(state) != len(output):
+        return False
+    both = [(a, b) for a, b in zip(state, output, strict=True) if not _is_dynamic(a) and not _is_dynamic(b)]
+    return bool(both) and all(a == b for a, b in both)
 
 
 def _index_bounds(graph, names: Iterable[str]) -> dict[str, int]:
@@ -300,8 +399,7 @@ def _infer_layout(inputs: Sequence[InputInfo]) -> _Layout:
     """The batch axis of every input of a random source; see the module docstring."""
     rates = [i for i in inputs if _RATE_NAME.fullmatch(_base_name(i.name)) and i.shape is not None
              and all(d == 1 for d in i.shape)]
-    states = [i for i in inputs if i not in rates and i.shape and _STATE_NAME.fullmatch(_base_name(i.name))
-              and sum(map(_is_dynamic, i.shape)) <= 1]
+    states = [i for i in inputs if i not in rates and i.state and i.shape and sum(map(_is_dynamic, i.shape)) <= 1]
     primary = [i for i in inputs if i not in rates and i not in states]
     if not primary:
         primary, states = states, []

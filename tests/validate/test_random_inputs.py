@@ -1,8 +1,9 @@
 """Random validation/calibration inputs the model can take, derived from the graph (issue 12).
 
 Index inputs stay inside their embedding table, masks are ones, sequence dimensions
-default to 128, dims declared as -1/0 are dynamic, recurrent state is zeros fed beside the
-batch, and a sample-rate scalar is 16000.
+default to 128, dims declared as -1/0 are dynamic, recurrent state (judged from the graph,
+not the name: encoder_hidden_states is data) is zeros fed beside the batch, and a
+sample-rate scalar is 16000.
 """
 
 from __future__ import annotations
@@ -213,16 +214,19 @@ def test_state_and_sample_rate_inputs_are_fed_beside_the_batch():
 
 
 def voicefilter_like() -> onnx.ModelProto:
-    """x [N, 8]; initial_h [3, N, 16]: the batch is axis 1 of the state."""
+    """x [N, 8]; initial_h [3, N, 16]: the batch is axis 1 of the state. The state comes
+    back as hn [3, N, 16] (a state in/out pair, so initial_h is state without an RNN op)."""
     w = numpy_helper.from_array(RNG.standard_normal((8, 16)).astype(np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["proj"]),
          helper.make_node("ReduceSum", ["initial_h"], ["h"], axes=[0], keepdims=0),
-         helper.make_node("Add", ["proj", "h"], ["y"])],
+         helper.make_node("Add", ["proj", "h"], ["y"]),
+         helper.make_node("Add", ["initial_h", "y"], ["hn"])],
         "vf",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8]),
          helper.make_tensor_value_info("initial_h", TensorProto.FLOAT, [3, "N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16]),
+         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [3, "N", 16])],
         initializer=[w],
     )
     return make_model(graph, opset=12)
@@ -292,4 +296,143 @@ def test_inputs_that_cannot_be_batched_run_one_sample_at_a_time_as_declared():
     assert [len(b) for b in batches] == [1, 1, 1]
     assert [(b.feeds["a"].shape, b.feeds["b"].shape) for b in batches] == [((2, 3), (3, 3))] * 3
     assert not np.array_equal(batches[0].feeds["a"], batches[1].feeds["a"])
+    _runs(model, batches)
+
+
+# --------------------------------------------------------------------------- state from the graph, not the name
+
+
+def cross_attention_like(name: str) -> onnx.ModelProto:
+    """Whisper-decoder-like: input_ids [batch, 4] → embedding; ``name`` [batch, 16, 8] (the
+    encoder's output) → K = MatMul(·, wk) + bk; scores = emb · Kᵀ. Zero encoder states would
+    reduce K to its bias, hiding any damage to wk from a validation gate."""
+    table = numpy_helper.from_array(RNG.standard_normal((20, 8)).astype(np.float32), "table")
+    wk = numpy_helper.from_array(RNG.standard_normal((8, 8)).astype(np.float32), "wk")
+    bk = numpy_helper.from_array(RNG.standard_normal(8).astype(np.float32), "bk")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["emb"]),      # [batch, 4, 8]
+         helper.make_node("MatMul", [name, "wk"], ["k0"]),                  # [batch, 16, 8]
+         helper.make_node("Add", ["k0", "bk"], ["k"]),
+         helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),      # [batch, 8, 16]
+         helper.make_node("MatMul", ["emb", "kt"], ["scores"])],            # [batch, 4, 16]
+        "xattn",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", 4]),
+         helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 16, 8])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 4, 16])],
+        initializer=[table, wk, bk],
+    )
+    return make_model(graph)
+
+
+@pytest.mark.parametrize("name", ["encoder_hidden_states", "hidden_states", "last_hidden_state", "hidden"])
+def test_hidden_states_without_a_recurrent_consumer_are_random_data(name):
+    model = cross_attention_like(name)
+    batches = _batches(model, batch_size=2, samples=4)
+    assert [b.feeds[name].shape for b in batches] == [(2, 16, 8), (2, 16, 8)]
+    states = np.concatenate([b.feeds[name] for b in batches])
+    assert all(s.any() for s in states)  # every sample, not zeros
+    assert not np.array_equal(states[0], states[1])  # drawn per sample, not one constant
+    assert abs(float(states.std()) - 1.0) < 0.2  # standard normal
+    _runs(model, batches)
+
+
+def test_h_that_feeds_nothing_recurrent_and_returns_no_state_is_random():
+    """An input merely named h [1, 1, 8]: no RNN reads it, and no output has its shape."""
+    w = numpy_helper.from_array(RNG.standard_normal((8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "w"], ["hw"]),                        # [1, 1, 4]
+         helper.make_node("ReduceMean", ["x"], ["xm"], axes=[1], keepdims=1),   # [N, 1]
+         helper.make_node("Add", ["hw", "xm"], ["y"])],
+        "plain_h",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 32]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w],
+    )
+    model = make_model(graph, opset=13)
+    batches = _batches(model, batch_size=1, samples=3)
+    assert all(b.feeds["h"].shape == (1, 1, 8) and b.feeds["h"].any() for b in batches)
+    _runs(model, batches)
+
+
+def lstm_model(state_names=("h", "memory")) -> onnx.ModelProto:
+    """X [T, 1, 4] → LSTM (hidden 8); ``h`` [1, 1, 8] is initial_h directly, ``memory`` [8]
+    reaches initial_c through Identity, Cast and Reshape. Only Y [T, 1, 1, 8] is an output,
+    so no output has a state's shape: the LSTM alone makes them state."""
+    hidden = 8
+    h_name, c_name = state_names
+    shape = numpy_helper.from_array(np.array([1, 1, hidden], np.int64), "state_shape")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [c_name], ["c_id"]),
+         helper.make_node("Cast", ["c_id"], ["c_f"], to=TensorProto.FLOAT),
+         helper.make_node("Reshape", ["c_f", "state_shape"], ["c0"]),
+         helper.make_node("LSTM", ["X", "W", "R", "", "", h_name, "c0"], ["Y"], hidden_size=hidden)],
+        "lstm",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, 4]),
+         helper.make_tensor_value_info(h_name, TensorProto.FLOAT, [1, 1, hidden]),
+         helper.make_tensor_value_info(c_name, TensorProto.FLOAT, [hidden])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, 1, hidden])],
+        initializer=[numpy_helper.from_array(RNG.standard_normal((1, 4 * hidden, 4)).astype(np.float32), "W"),
+                     numpy_helper.from_array(RNG.standard_normal((1, 4 * hidden, hidden)).astype(np.float32), "R"),
+                     shape],
+    )
+    return make_model(graph)
+
+
+def test_inputs_that_reach_an_lstm_initial_state_are_zeros():
+    model = lstm_model()
+    batches = _batches(model, batch_size=2, samples=2)
+    assert [len(b) for b in batches] == [1, 1]  # the fixed state pins the batch
+    for batch in batches:
+        assert batch.feeds["h"].shape == (1, 1, 8) and not batch.feeds["h"].any()
+        assert batch.feeds["memory"].shape == (8,) and not batch.feeds["memory"].any()  # via Identity/Cast/Reshape
+        assert batch.feeds["X"].any()
+    _runs(model, batches)
+
+
+def test_state_consumed_by_a_gru_inside_a_subgraph_is_zeros():
+    """The GRU reading ``mem`` [1, 1, 8] sits in an If branch (outer-scope name)."""
+    hidden = 8
+    w = numpy_helper.from_array(RNG.standard_normal((1, 3 * hidden, 4)).astype(np.float32), "W")
+    r = numpy_helper.from_array(RNG.standard_normal((1, 3 * hidden, hidden)).astype(np.float32), "R")
+    branch = helper.make_graph(
+        [helper.make_node("GRU", ["X", "W", "R", "", "", "mem"], ["Yb"], hidden_size=hidden)], "then", [],
+        [helper.make_tensor_value_info("Yb", TensorProto.FLOAT, ["T", 1, 1, hidden])])
+    other = helper.make_graph(
+        [helper.make_node("GRU", ["X", "W", "R"], ["Yo"], hidden_size=hidden)], "else", [],
+        [helper.make_tensor_value_info("Yo", TensorProto.FLOAT, ["T", 1, 1, hidden])])
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["X"], ["s"], keepdims=0),
+         helper.make_node("Greater", ["s", "zero"], ["cond"]),
+         helper.make_node("If", ["cond"], ["Y"], then_branch=branch, else_branch=other)],
+        "if_gru",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", 1, 4]),
+         helper.make_tensor_value_info("mem", TensorProto.FLOAT, [1, 1, hidden])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 1, 1, hidden])],
+        initializer=[w, r, numpy_helper.from_array(np.array(0, np.float32), "zero")],
+    )
+    model = make_model(graph, opset=13)
+    batches = _batches(model, batch_size=1, samples=2)
+    assert all(not b.feeds["mem"].any() and b.feeds["X"].any() for b in batches)
+    _runs(model, batches)
+
+
+@pytest.mark.parametrize("declared", [[1, 1, 8], [1, "N", 8], None])
+def test_named_state_with_a_state_output_is_zeros(declared):
+    """h [1, 1, 8] → Tanh → hn: a state in/out pair even with no RNN op. The output's shape
+    may be declared with a dynamic dim (as Silero's hn [1, LSTMhn_dim_1, 128]) or not at all."""
+    w = numpy_helper.from_array(RNG.standard_normal((32, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]),  # [1, 8]
+         helper.make_node("Add", ["h", "xw"], ["pre"]),   # [1, 1, 8]
+         helper.make_node("Tanh", ["pre"], ["hn"])],
+        "pair",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 8])],
+        [helper.make_tensor_value_info("hn", TensorProto.FLOAT, declared)],
+        initializer=[w],
+    )
+    model = make_model(graph, opset=13)
+    batches = _batches(model, batch_size=1, samples=2)
+    assert all(not b.feeds["h"].any() and b.feeds["x"].any() for b in batches)
     _runs(model, batches)
