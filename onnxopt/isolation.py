@@ -16,11 +16,21 @@ with :mod:`subprocess` rather than :mod:`multiprocessing`: multiprocessing's ``s
 without an ``if __name__ == "__main__"`` guard would run again there (and fail), and a
 forkserver that preloads onnxruntime forks a process with onnxruntime's thread running.
 The child gets the parent's ``sys.path`` (as multiprocessing's spawn does), imports only
-numpy and onnxruntime (not onnxopt), takes the models' bytes and the feeds by pickle on
-stdin, reports each stage on stdout before it starts it (so that a crash is located:
-model, provider, "load" or "run"), and has its stderr discarded (onnxruntime's own error
-lines would otherwise reach the terminal beside the one-line message). Several models
-share one child (:func:`run_isolated_many`); after a crash a new child takes the rest.
+numpy and onnxruntime (not onnxopt), takes the models as files (written to a private
+temporary folder, removed afterwards: neither process holds a pickled copy of every
+model) and the feeds by pickle on stdin, reports each stage on stdout before it starts it
+(so that a crash is located: model, provider, "load" or "run"), and has its stderr
+discarded (onnxruntime's own error lines would otherwise reach the terminal beside the
+one-line message). Several models share one child (:func:`run_isolated_many`); after a
+crash a new child takes the rest. The child is killed and waited for on every exit path
+of the parent (Ctrl-C included).
+
+CUDA in the child is set up as the gate's sessions are (:mod:`onnxopt.validate.providers`):
+pip's CUDA libraries preloaded, ``use_tf32`` off. Where CUDA still does not load there,
+the child says so rather than checking the model on the CPU instead. A child killed by
+SIGKILL — the out-of-memory killer's signal, not a crash of onnxruntime — says nothing
+about the model either: both are warnings, and the caller runs the models in-process as
+it would without a child.
 Overhead, measured on a busy 2-core machine: ~0.2 s for a small model (an interpreter
 start and two imports), ~0.5 s for MobileNetV2's original and optimized models together
 (their sessions and one batch each, in one child).
@@ -48,9 +58,11 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxopt.errors import InputError, PassFailed, one_line
+from onnxopt.scratch import scratch_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -67,7 +79,7 @@ _PATH_VARIABLE = "ONNXOPT_ISOLATION_SYS_PATH"
 # The child: no onnxopt import (its package __init__s pull in more than the child needs).
 # Session options mirror onnxopt.validate.providers.create_session (the gate's sessions).
 _CHILD = r"""
-import json, os, pickle, sys
+import contextlib, io, json, os, pickle, sys
 sys.path[:] = json.loads(os.environ.pop("ONNXOPT_ISOLATION_SYS_PATH"))
 out = os.fdopen(os.dup(1), "wb")
 null = os.open(os.devnull, os.O_WRONLY)
@@ -88,6 +100,17 @@ TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(dou
          "tensor(uint32)": np.uint32, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_}
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
           "all": "ORT_ENABLE_ALL"}
+CUDA = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+
+if any("cuda" in job["providers"] for _, job in jobs):
+    # pip's nvidia-* CUDA libraries lie outside the loader's path (as in providers._preload_cuda_libraries)
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            preload()
+
+class Unchecked(Exception):
+    pass
 
 def run(job):
     feeds = job["feeds"]
@@ -99,8 +122,10 @@ def run(job):
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[job["optimization"]])
         for key, value in job["config"].items():
             options.add_session_config_entry(key, value)
-        names = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider == "cuda" else ["CPUExecutionProvider"]
+        names = CUDA if provider == "cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(job["model"], options, providers=names)
+        if provider == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+            raise Unchecked("CUDA did not load there (its session fell back to the CPU)")
         if feeds is None:
             continue
         send("stage", provider, "run")
@@ -116,6 +141,8 @@ for index, job in jobs:
     send("job", index)
     try:
         run(job)
+    except Unchecked as exc:
+        send("unchecked", str(exc))
     except Exception as exc:
         send("error", str(exc) or type(exc).__name__)
     else:
@@ -134,7 +161,9 @@ class IsolatedRun:
     ``ok``: every session was created and ran the feeds. Otherwise ``provider`` and
     ``stage`` ("load" or "run") say where it stopped, and either ``signal`` names the
     signal that killed the child (``"SIGSEGV"``), or ``error`` holds onnxruntime's error
-    as one line. ``seconds``: wall time, the child's start included.
+    as one line, or ``unchecked`` says why the child could not run the model as asked
+    (CUDA did not load there: a setup problem, nothing known about the model).
+    ``seconds``: wall time, the child's start included.
     """
 
     ok: bool
@@ -144,11 +173,23 @@ class IsolatedRun:
     exitcode: int | None = None
     error: str | None = None
     seconds: float = 0.0
+    unchecked: str | None = None
 
     @property
     def crashed(self) -> bool:
         """The child died (a signal, or an exit without a word) rather than reporting an error."""
-        return not self.ok and self.error is None
+        return not self.ok and self.error is None and self.unchecked is None
+
+    @property
+    def killed(self) -> bool:
+        """SIGKILL: what the kernel's out-of-memory killer sends (or a user's ``kill -9``),
+        not something onnxruntime does to itself when it crashes."""
+        return self.crashed and self.signal == "SIGKILL"
+
+    @property
+    def unknown(self) -> bool:
+        """Nothing is known about the model: the child was killed, or could not run it as asked."""
+        return self.killed or self.unchecked is not None
 
     def where(self, stage: bool = True) -> str:
         """" on cpu while creating the session" (empty when unknown)."""
@@ -160,6 +201,11 @@ class IsolatedRun:
         """One line, e.g. "the model crashed onnxruntime (signal SIGSEGV) on cpu while creating the session"."""
         if self.ok:
             return f"{subject} ran on onnxruntime"
+        if self.unchecked is not None:
+            return f"{subject} not checked in a child process first{self.where(stage=False)}: {self.unchecked}"
+        if self.killed:
+            return (f"{subject} not checked in a child process first: unknown (possibly out of memory): "
+                    f"the child was killed (signal SIGKILL){self.where()}")
         if self.crashed:
             how = f"signal {self.signal}" if self.signal else f"exit code {self.exitcode}"
             return f"{subject} crashed onnxruntime ({how}){self.where()}"
@@ -175,18 +221,27 @@ def error_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One model to load and run in the child (see :func:`run_isolated` for the fields)."""
+    """One model to load and run in the child (see :func:`run_isolated` for the fields).
 
-    model: bytes
+    ``model``: serialized bytes (written to a private temporary file for the child) or
+    the path of a model file."""
+
+    model: bytes | str | os.PathLike
     feeds: Mapping[str, np.ndarray] | None = None
     providers: Sequence[str] = ("cpu",)
     config: Mapping[str, str] | None = None
     optimization: str | None = None
 
-    def request(self) -> dict[str, Any]:
+    def request(self, folder: Path, index: int) -> dict[str, Any]:
+        """What the child gets: the model as a path (bytes are written into ``folder``)."""
         if self.optimization is not None and self.optimization not in OPTIMIZATION_LEVELS:
             raise ValueError(f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}")
-        return {"model": bytes(self.model), "feeds": dict(self.feeds) if self.feeds is not None else None,
+        if isinstance(self.model, bytes | bytearray | memoryview):
+            path = folder / f"model-{index}.onnx"
+            path.write_bytes(self.model)
+        else:
+            path = Path(self.model).absolute()
+        return {"model": str(path), "feeds": dict(self.feeds) if self.feeds is not None else None,
                 "providers": list(self.providers), "config": dict(self.config or {}),
                 "optimization": self.optimization}
 
@@ -224,7 +279,12 @@ def run_isolated_many(jobs: Sequence[Job], *, timeout: float | None = None) -> l
     Raises:
         IsolationUnavailable: no child could be started, or it failed before the first model.
     """
-    requests = [(index, job.request()) for index, job in enumerate(jobs)]
+    with scratch_dir("onnxopt-isolation-") as folder:
+        requests = [(index, job.request(folder, index)) for index, job in enumerate(jobs)]
+        return _run_requests(requests, len(jobs), timeout)
+
+
+def _run_requests(requests: list[tuple[int, dict[str, Any]]], count: int, timeout: float | None) -> list[IsolatedRun]:
     results: dict[int, IsolatedRun] = {}
     while requests:
         start = time.perf_counter()
@@ -247,6 +307,10 @@ def run_isolated_many(jobs: Sequence[Job], *, timeout: float | None = None) -> l
                 results[current] = IsolatedRun(False, provider, stage, exitcode=code, error=error_line(message[1]))
                 finished.append(current)
                 current = None
+            elif kind == "unchecked" and current is not None:
+                results[current] = IsolatedRun(False, provider, stage, exitcode=code, unchecked=message[1])
+                finished.append(current)
+                current = None
         if current is None and len(finished) < len(requests):  # died between jobs, or before the first
             current = next(index for index, _ in requests if index not in results)
         if current is not None:
@@ -260,7 +324,7 @@ def run_isolated_many(jobs: Sequence[Job], *, timeout: float | None = None) -> l
         for index in finished:
             results[index] = dataclasses.replace(results[index], seconds=share)
         requests = [(index, request) for index, request in requests if index not in results]
-    return [results[index] for index in range(len(jobs))]
+    return [results[index] for index in range(count)]
 
 
 class IsolationUnavailable(RuntimeError):
@@ -293,15 +357,19 @@ def _run_child(requests: list[tuple[int, dict[str, Any]]], timeout: float | None
     except OSError as exc:
         raise IsolationUnavailable(f"cannot start a child process: {one_line(exc)}") from exc
     timed_out = False
-    try:
-        output, _ = process.communicate(data, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        timed_out = True
-    except BrokenPipeError:  # the child died before it read the request
-        output = process.stdout.read() if process.stdout else b""
-        process.wait()
+    with process:  # closes the pipes and waits for the child on every exit path
+        try:
+            output, _ = process.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            timed_out = True
+        except BrokenPipeError:  # the child died before it read the request
+            output = process.stdout.read() if process.stdout else b""
+            process.wait()
+        finally:  # Ctrl-C or an unexpected error here: the child must not outlive this call
+            if process.poll() is None:
+                process.kill()
     messages = []
     stream = io.BytesIO(output)
     while True:
@@ -366,7 +434,11 @@ def check_candidate(
     when the candidate of a pipeline fails where the original runs — the passes' fault;
     other errors are left to the caller's in-process run, which says more (different
     inputs, data that does not fit, ...) and cannot crash where the child did not.
-    Returns the child's results (original first, when given) otherwise.
+    What the child cannot tell is no one's fault, and only a warning: a child killed by
+    SIGKILL (the out-of-memory killer, most likely: the child holds a second copy of the
+    sessions), or CUDA that did not load in the child; the caller then runs that model
+    in-process as it would without a child. Returns the child's results (original first,
+    when given) otherwise.
 
     Raises:
         InputError: the original crashes onnxruntime, or the candidate does and ``passes``
@@ -384,10 +456,16 @@ def check_candidate(
     seconds = sum(r.seconds for r in results)
     logger.debug("preflight in a child process: %s in %.0f ms",
                  "; ".join("ok" if r.ok else r.describe() for r in results), seconds * 1000)
+    subjects = [reference, subject] if original is not None else [subject]
+    for name, run in zip(subjects, results, strict=True):
+        if run.unknown:
+            logger.warning("%s", run.describe(name))
     suffix = "; nothing written" if passes is not None else ""
-    if original is not None and results[0].crashed:
+    if original is not None and results[0].crashed and not results[0].unknown:
         raise InputError(results[0].describe(reference) + suffix)
     result = results[-1]
+    if result.unknown:  # the caller runs it in-process, as without a child
+        return results
     original_runs = original is None or results[0].ok
     if result.ok or (not result.crashed and (passes is None or not original_runs)):
         return results

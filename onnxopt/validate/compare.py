@@ -29,6 +29,7 @@ import numpy as np
 from onnxopt.errors import InputError, UsageError
 from onnxopt.validate.inputs import DataSource
 from onnxopt.validate.metrics import MetricsAccumulator, OutputMetrics, Tolerances, check_gate
+from onnxopt.validate.nondeterminism import self_check_provider
 
 logger = logging.getLogger(__name__)
 
@@ -286,8 +287,9 @@ def _compare(
                 run("ref", ref_on(provider)), run(cand_slot, provider), batch.ids, labels
             )
         if self_check and self_difference is None:  # after the candidate: both drew once
-            first = run("ref", ref_on(providers[0]))
-            again = runner.run("ref", ref_on(providers[0]), batch.feeds, batch.ids)
+            check_on = ref_on(self_check_provider(providers))  # the CPU: CUDA kernels may vary run to run
+            first = run("ref", check_on)
+            again = runner.run("ref", check_on, batch.feeds, batch.ids)
             self_difference = {name: _relative_difference(first[name], again[name]) for name in output_names}
         done += len(batch)
         if progress is not None:
@@ -354,7 +356,8 @@ def compare_models(
     ``progress(done, total)`` is called after each batch. ``candidate_config``: onnxruntime
     session config entries for the candidate's sessions only (e.g. exact integer kernels).
     ``self_check``: run the reference twice on the first batch and record how far the two
-    runs differ (``reference_self_difference``).
+    runs differ (``reference_self_difference``), on the CPU when it is among ``providers``
+    (:func:`~onnxopt.validate.nondeterminism.self_check_provider`).
 
     Raises:
         InputError: the models' input or output names differ, the data does not fit them,

@@ -11,6 +11,12 @@ the same point in every new session, so the two models draw the same numbers on 
 batches in the same order (within one session consecutive runs still differ: the stream
 goes on).
 
+The self-check runs on the CPU (:func:`self_check_provider`): onnxruntime's CPU kernels
+repeat bit for bit, while GPU kernels that accumulate with atomics may differ from run
+to run by more than :data:`SELF_TOLERANCE` in a deterministic model. A model that
+disagrees with itself without a random operator is judged as usual, with a note: the
+cause is not known, and refusing it would refuse a model that may be fine.
+
 Random operators of the default domain: ``RandomNormal``, ``RandomNormalLike``,
 ``RandomUniform``, ``RandomUniformLike``, ``Multinomial``, ``Bernoulli`` (all take
 ``seed``), and ``Dropout`` in training mode (a ``training_mode`` input that is not a
@@ -33,6 +39,17 @@ OTHER_SEED = 12345.0  # for checking that the seed is honoured (0 and 1 seed std
 #: Two runs of one model on the same inputs agree when their relative L2 difference is at
 #: most this (onnxruntime's CPU kernels repeat bit for bit; the margin covers threading).
 SELF_TOLERANCE = 1e-6
+
+
+def self_check_provider(providers) -> str:
+    """Where the gate runs the original twice: the CPU, when the gate runs there at all.
+
+    With CUDA alone (``--providers cuda``) the first provider: the gate creates no CPU
+    session the user did not ask for (a model may not load, or even crash onnxruntime, on
+    the CPU); a disagreement without a random operator is then only a note.
+    """
+    providers = list(providers)
+    return "cpu" if "cpu" in providers or not providers else providers[0]
 
 
 @dataclass(frozen=True)

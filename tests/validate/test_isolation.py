@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import signal
 import subprocess
 import sys
 import textwrap
@@ -124,8 +127,193 @@ def test_no_usable_child_is_not_blamed_on_the_model(monkeypatch, caplog):
     monkeypatch.setattr(isolation.sys, "executable", "")
     with pytest.raises(isolation.IsolationUnavailable, match="sys.executable is empty"):
         run_isolated(model, FEEDS)
+    # the CLI tests leave the "onnxopt" logger at ERROR (-q): this test's warning must not depend on them
+    caplog.set_level(logging.WARNING, logger="onnxopt.isolation")
     assert check_candidate(model, model, FEEDS, ["cpu"], passes=[]) == []  # the gate runs them as before
     assert "not checked in a child process first" in caplog.text
+
+
+def test_a_child_killed_by_sigkill_is_unknown_not_a_crash_of_the_model(monkeypatch, caplog):
+    """SIGKILL is what the out-of-memory killer sends: nothing is known about the model."""
+    child = isolation._CHILD.replace("        session.run(None, ready)",
+                                     "        import signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert child != isolation._CHILD
+    monkeypatch.setattr(isolation, "_CHILD", child)
+    caplog.set_level(logging.WARNING, logger="onnxopt.isolation")
+    model = conv_stack().SerializeToString()
+    result = run_isolated(model, FEEDS)
+    assert result.killed and result.unknown and result.signal == "SIGKILL"
+    assert result.describe("the optimized model") == (
+        "the optimized model not checked in a child process first: unknown (possibly out of memory): "
+        "the child was killed (signal SIGKILL) on cpu while running the first batch")
+    # not blamed on the passes (it was exit 3), nor on the input: the gate runs both in-process
+    results = check_candidate(model, model, FEEDS, ["cpu"], passes=[_modified("simplify")])
+    assert [r.killed for r in results] == [True, True]
+    assert "the optimized model not checked in a child process first: unknown (possibly out of memory)" in caplog.text
+    assert "the input model not checked in a child process first" in caplog.text
+
+
+def test_a_real_crash_of_the_candidate_still_raises_when_the_original_was_killed(monkeypatch):
+    """The original OOM-killed, the candidate crashing: running the candidate here would kill this process."""
+    outcomes = [IsolatedRun(False, "cpu", "load", signal="SIGKILL", exitcode=-9),
+                IsolatedRun(False, "cpu", "load", signal="SIGSEGV", exitcode=-11)]
+    monkeypatch.setattr(isolation, "run_isolated_many", lambda jobs, timeout=None: outcomes)
+    with pytest.raises(CandidateFailed, match=r"crashed onnxruntime \(signal SIGSEGV\)"):
+        check_candidate(b"a", b"b", FEEDS, ["cpu"], passes=[_modified("fp16")])
+
+
+def test_models_go_to_the_child_as_files_in_a_private_folder_removed_afterwards(monkeypatch):
+    """Not pickled: the parent held a pickled copy of every model, and the child all of them at once."""
+    seen = []
+    real = isolation._run_child
+
+    def spy(requests, timeout):
+        for _, request in requests:
+            path = request["model"]
+            assert isinstance(path, str) and isolation.os.path.isfile(path)
+            seen.append(path)
+        return real(requests, timeout)
+
+    monkeypatch.setattr(isolation, "_run_child", spy)
+    model = conv_stack().SerializeToString()
+    assert [r.ok for r in run_isolated_many([Job(model, FEEDS), Job(model, FEEDS)])] == [True, True]
+    assert len(set(seen)) == 2
+    assert not any(isolation.os.path.exists(path) for path in seen)
+    folder = isolation.os.path.dirname(seen[0])
+    assert not isolation.os.path.exists(folder) and "onnxopt-isolation-" in folder
+
+
+def test_a_model_file_is_passed_as_its_path(tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(conv_stack().SerializeToString())
+    assert run_isolated(path, FEEDS).ok and run_isolated(str(path), FEEDS).ok
+
+
+@pytest.mark.parametrize("interruption", [KeyboardInterrupt, RuntimeError])
+def test_the_child_is_killed_and_reaped_when_the_parent_is_interrupted(monkeypatch, interruption):
+    started = []
+
+    class Interrupted(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+        def communicate(self, *args, **kwargs):
+            raise interruption("Ctrl-C")
+
+    monkeypatch.setattr(isolation.subprocess, "Popen", Interrupted)
+    try:
+        with pytest.raises(interruption):
+            run_isolated(conv_stack().SerializeToString(), FEEDS)
+        assert len(started) == 1
+        assert started[0].returncode == -signal.SIGKILL  # killed, and waited for (no zombie)
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+FAKE_ONNXRUNTIME = """
+import json, os
+
+def _log(*entry):
+    with open(os.environ["FAKE_ORT_LOG"], "a") as f:
+        f.write(json.dumps(entry) + "\\n")
+
+def preload_dlls():
+    print("preloading: this must not reach the parent's stream")
+    _log("preload_dlls")
+
+def get_available_providers():
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+class GraphOptimizationLevel:
+    ORT_DISABLE_ALL = ORT_ENABLE_BASIC = ORT_ENABLE_EXTENDED = ORT_ENABLE_ALL = 0
+
+class SessionOptions:
+    def add_session_config_entry(self, key, value):
+        pass
+
+class _Info:
+    name, type = "x", "tensor(float)"
+
+class InferenceSession:
+    def __init__(self, model, options, providers):
+        _log("session", model if isinstance(model, str) else "bytes", providers)
+        loads = os.environ.get("FAKE_ORT_CUDA_LOADS") == "1"
+        self._providers = [p if isinstance(p, str) else p[0] for p in providers
+                           if loads or (p if isinstance(p, str) else p[0]) != "CUDAExecutionProvider"]
+
+    def get_providers(self):
+        return self._providers
+
+    def get_inputs(self):
+        return [_Info()]
+
+    def run(self, names, feeds):
+        _log("run", self._providers)
+        return []
+"""
+
+
+@pytest.fixture
+def fake_onnxruntime(tmp_path, monkeypatch):
+    """The child imports a stand-in onnxruntime (it gets the parent's sys.path): CUDA without a GPU."""
+    package = tmp_path / "fake_ort"
+    (package / "onnxruntime").mkdir(parents=True)
+    (package / "onnxruntime" / "__init__.py").write_text(FAKE_ONNXRUNTIME)
+    log = tmp_path / "ort.log"
+    monkeypatch.setenv("FAKE_ORT_LOG", str(log))
+    monkeypatch.setattr(isolation.sys, "path", [str(package), *sys.path])
+
+    def calls():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return calls
+
+
+def test_cuda_in_the_child_preloads_libraries_and_computes_float32_without_tf32(fake_onnxruntime, monkeypatch):
+    monkeypatch.setenv("FAKE_ORT_CUDA_LOADS", "1")
+    result = run_isolated(conv_stack().SerializeToString(), FEEDS, ["cpu", "cuda"])
+    assert result.ok, result
+    calls = fake_onnxruntime()
+    assert calls[0] == ["preload_dlls"]  # before any session, and its print did not corrupt the messages
+    sessions = [call[2] for call in calls if call[0] == "session"]
+    assert sessions == [["CPUExecutionProvider"],
+                        [["CUDAExecutionProvider", {"use_tf32": "0"}], "CPUExecutionProvider"]]
+    assert ["run", ["CUDAExecutionProvider", "CPUExecutionProvider"]] in calls
+
+
+def test_cpu_only_children_do_not_preload_cuda(fake_onnxruntime):
+    assert run_isolated(conv_stack().SerializeToString(), FEEDS, ["cpu"]).ok
+    assert ["preload_dlls"] not in fake_onnxruntime()
+
+
+def test_cuda_that_does_not_load_in_the_child_is_a_setup_problem_not_the_models(fake_onnxruntime, caplog):
+    """CUDA fell back to the CPU in the child: the model was not checked on CUDA, and no one is blamed."""
+    caplog.set_level(logging.WARNING, logger="onnxopt.isolation")
+    model = conv_stack().SerializeToString()
+    result = run_isolated(model, FEEDS, ["cuda"])
+    assert not result.ok and not result.crashed and result.unknown and result.error is None
+    assert (result.provider, result.stage) == ("cuda", "load")
+    assert result.describe() == ("the model not checked in a child process first on cuda: "
+                                 "CUDA did not load there (its session fell back to the CPU)")
+    assert not any(call[0] == "run" for call in fake_onnxruntime())  # never run on the CPU instead
+    results = check_candidate(model, model, FEEDS, ["cuda"], passes=[_modified("fp16")])  # no CandidateFailed
+    assert [r.unknown for r in results] == [True, True]
+    assert "the optimized model not checked in a child process first on cuda: CUDA did not load" in caplog.text
+
+
+def test_cuda_with_this_onnxruntime_runs_on_cuda_or_says_it_did_not():
+    """The real onnxruntime: where CUDA does not load (no GPU, no CUDA libraries) the child says so."""
+    from onnxopt.validate.providers import cuda_status
+
+    result = run_isolated(conv_stack().SerializeToString(), FEEDS, ["cuda"])
+    if cuda_status()[0]:
+        assert result.ok, result
+    else:
+        assert result.unknown and result.unchecked.startswith("CUDA did not load there"), result
 
 
 def test_the_callers_main_module_is_not_run_again(tmp_path):
