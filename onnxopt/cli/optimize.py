@@ -131,7 +131,7 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
     if as_json:
         emit_json(report.to_dict())
     elif not is_quiet():
-        from onnxopt.report import render_run
+        from onnxopt.cli.render import render_run
 
         render_run(report, stderr_console())
         if report.written and not to_stdout:

@@ -12,8 +12,9 @@ import io
 import pytest
 from rich.console import Console
 
+from onnxopt.cli.render import render_run
 from onnxopt.cli.tables import METRIC_COLUMNS, print_metrics
-from onnxopt.report import RunReport, render_run
+from onnxopt.report import RunReport
 
 
 def _row(provider: str, output: str, classifier: bool = True) -> dict:
