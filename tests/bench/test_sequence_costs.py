@@ -5,11 +5,9 @@ MatMul candidates for ``svd`` / ``int8-dynamic``."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import onnx
-import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -28,15 +26,6 @@ NAMES = {
     "context": f"{PREFIX}/attention/self/MatMul_1", "o": f"{PREFIX}/attention/output/dense/MatMul",
     "f1": f"{PREFIX}/intermediate/dense/MatMul", "f2": f"{PREFIX}/output/dense/MatMul",
 }
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), logging.getLogger("onnxopt").level
-    yield
-    root.handlers[:] = handlers
-    logging.getLogger("onnxopt").setLevel(level)
 
 
 def tiny_bert(named: bool = True) -> onnx.ModelProto:

@@ -5,7 +5,6 @@ state. ``onnxopt compare`` of each model against itself must run and pass."""
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import onnx
@@ -26,16 +25,6 @@ def _model(name: str):
     if not path.exists():
         pytest.skip(f"needs ../shared/models/sequence/{name} (real models beside the repo)")
     return path
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The command configures logging onto the runner's stderr; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), logging.getLogger("onnxopt").level
-    yield
-    root.handlers[:] = handlers
-    logging.getLogger("onnxopt").setLevel(level)
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODELS, ids=lambda n: n.removesuffix(".onnx"))

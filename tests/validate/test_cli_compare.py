@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from pathlib import Path
@@ -31,16 +30,6 @@ def linear(weight=WEIGHT, x="x") -> onnx.ModelProto:
         initializer=[numpy_helper.from_array(weight, "w")],
     )
     return make_model(graph)
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The command configures logging onto the runner's stderr; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), logging.getLogger("onnxopt").level
-    yield
-    root.handlers[:] = handlers
-    logging.getLogger("onnxopt").setLevel(level)
 
 
 @pytest.fixture

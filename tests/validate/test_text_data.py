@@ -4,7 +4,6 @@ sentence-transformer of ../shared through the CLI."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,6 @@ tokenizers = pytest.importorskip("tokenizers")
 WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far", "away", "and", "back", "again"]
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
 TEXT = "the cat sat on the mat\n\na dog ran\n   \nthe dog ran far away and back again and again\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI configures logging onto the captured stderr; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), logging.getLogger("onnxopt").level
-    yield
-    root.handlers[:] = handlers
-    logging.getLogger("onnxopt").setLevel(level)
 
 
 def make_tokenizer(path: Path, vocab: dict[str, int] = VOCAB) -> Path:
