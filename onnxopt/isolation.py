@@ -1,46 +1,26 @@
-"""Crash isolation: run a model on onnxruntime in a child process before running it here.
+"""Crash isolation: run models on onnxruntime in a child process before running them here.
 
-onnxruntime is native code, and some models crash it outright: the float16 EasyOCR
-recognizer made onnxruntime 1.31's CPU provider die with SIGSEGV while it created the
-session (its MatmulTransposeFusion, on a float16 Transpose feeding a MatMul after each
-BiLSTM), and ``onnxopt optimize`` vanished with exit -11 and no message. A crash kills
-the process that runs the model, so :func:`run_isolated` creates the sessions — with the
-options the validation gate uses — and runs one batch in a child process first. A native
-crash then kills only the child, and becomes one line: ``the optimized model crashed
-onnxruntime (signal SIGSEGV) on cpu while creating the session``.
+onnxruntime is native code and some models crash it outright (a float16 Transpose into a
+MatMul made the CPU provider of onnxruntime 1.31 segfault while creating the session).
+:func:`run_isolated` creates the sessions — with the gate's options: pip's CUDA libraries
+preloaded, TF32 off — and runs one batch in a fresh interpreter, so a native crash kills
+only the child and becomes one line (``the optimized model crashed onnxruntime (signal
+SIGSEGV) on cpu while creating the session``).
 
-The child is a fresh interpreter (``spawn`` semantics: never a ``fork`` of this process,
-whose onnxruntime has a thread running from the moment it is imported). It is started
-with :mod:`subprocess` rather than :mod:`multiprocessing`: multiprocessing's ``spawn`` and
-``forkserver`` re-import the caller's ``__main__`` in the child, so an API user's script
-without an ``if __name__ == "__main__"`` guard would run again there (and fail), and a
-forkserver that preloads onnxruntime forks a process with onnxruntime's thread running.
-The child gets the parent's ``sys.path`` (as multiprocessing's spawn does), imports only
-numpy and onnxruntime (not onnxopt), takes the models as files (written to a private
-temporary folder, removed afterwards: neither process holds a pickled copy of every
-model) and the feeds by pickle on stdin, reports each stage on stdout before it starts it
-(so that a crash is located: model, provider, "load" or "run"), and has its stderr
-discarded (onnxruntime's own error lines would otherwise reach the terminal beside the
-one-line message). Several models share one child (:func:`run_isolated_many`); after a
-crash a new child takes the rest. The child is killed and waited for on every exit path
-of the parent (Ctrl-C included).
+The child is started with :mod:`subprocess` (never a fork of this threaded process; not
+multiprocessing, which re-imports the caller's ``__main__``), imports only numpy and
+onnxruntime, reads the models as files from a private folder and the feeds by pickle,
+and reports each stage before it starts it, so a crash is located. It is killed and
+waited for on every exit path. CUDA that does not load in the child, and a child killed
+by SIGKILL (the out-of-memory killer), say nothing about the model: both are warnings,
+and the caller runs the models in-process as before. Cost: an interpreter start and two
+imports, about 0.2–0.5 s.
 
-CUDA in the child is set up as the gate's sessions are (:mod:`onnxopt.validate.providers`):
-pip's CUDA libraries preloaded, ``use_tf32`` off. Where CUDA still does not load there,
-the child says so rather than checking the model on the CPU instead. A child killed by
-SIGKILL — the out-of-memory killer's signal, not a crash of onnxruntime — says nothing
-about the model either: both are warnings, and the caller runs the models in-process as
-it would without a child.
-Overhead, measured on a busy 2-core machine: ~0.2 s for a small model (an interpreter
-start and two imports), ~0.5 s for MobileNetV2's original and optimized models together
-(their sessions and one batch each, in one child).
-
-:func:`check_candidate` is what ``optimize`` calls before its gate: the original and the
-optimized model in one child. A crash of the optimized model, or an error loading or
-running it while the original runs, is the passes' fault (:class:`CandidateFailed`,
-exit 3, nothing written); a crash of the original is the input's
-(:class:`~onnxopt.errors.InputError`, exit 2). ``onnxopt compare`` preflights its models
-the same way (a crash of either is exit 2).
+:func:`check_candidate` is what ``optimize`` calls before its gate: a crash of the
+optimized model, or an error loading or running it while the original runs, is the
+passes' fault (:class:`CandidateFailed`, exit 3, nothing written); a crash of the original
+is the input's (:class:`~onnxopt.errors.InputError`, exit 2). ``onnxopt compare``
+preflights its models the same way.
 """
 
 from __future__ import annotations
