@@ -117,8 +117,8 @@ class RankOptions:
         None, "choose the rank so that each layer's MACs drop by this factor (before rounding; use round=1 "
               "for the exact MAC target)")
     round: int = option(
-        16, "round ranks up to a multiple of this: 16 measured fastest on this AVX-512 CPU, 8 suits GPU "
-            "tensor cores, 1 turns rounding off")
+        16, "round ranks up to a multiple of this: 16 suits x86 SIMD kernels (AVX2, AVX-512), 8 GPU tensor "
+            "cores; 1 turns rounding off")
     min_macs: float = option(0.0, "skip layers with fewer MACs per sample than this")
     min_in_channels: int = option(
         16, "skip layers whose input has fewer channels (a 3-channel stem: decomposing MobileNetV2's cut "

@@ -1760,7 +1760,8 @@ class _Search:
         if self.notes:
             report.figures["notes"] = self.notes
         if self.options.quantize == "fp16" and self.target == "cpu":
-            report.warn("fp16 targets CUDA: on CPU it usually runs slower (0.9× measured here)")
+            report.warn("fp16 targets GPUs: on a CPU it usually runs slower (onnxruntime's CPU provider has "
+                        "few float16 kernels)")
 
     def _phase_table(self) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """{phase: seconds} and one row per phase: its seconds and share of the pass, and how

@@ -17,7 +17,7 @@ mode C: [C, F·kh·kw]) separately; ``vbmf`` runs EVBMF on each unfolding (Kim e
 choice); ``rank`` applies the same absolute rank or fraction to both modes; ``speedup``
 keeps R1/C = R2/F and finds the largest ranks meeting the MAC target. Both ranks are then
 rounded up to a multiple of ``round`` (multiples of 16 ran a VGG16-BN detector 1.84× faster
-against 1.50× unrounded on this AVX-512 CPU). ``refit`` re-solves ``tucker_last`` and the
+against 1.50× unrounded on an AVX-512 CPU). ``refit`` re-solves ``tucker_last`` and the
 bias. 1×1 convolutions are left to ``svd`` (a 1×1 core would only add a layer).
 """
 
