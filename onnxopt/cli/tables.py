@@ -7,6 +7,11 @@ always had. Rows are the JSON dicts of :meth:`onnxopt.validate.compare.CompareRo
 (``provider``, ``reference_provider``, ``output`` and the metrics of
 :class:`~onnxopt.validate.metrics.OutputMetrics`), which is also what the validation
 report stores, so either command can pass what it has.
+
+Outputs of sequence models (issue 15) add a second small table, only when there are some:
+each token, embedding or integer output's kind, per-token cosine (padding excluded),
+the Spearman of pairwise similarities of sentence embeddings, and integer values that
+differ.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ ACCURACY_COLUMNS = (
     ("ref top-5", "reference_top5", "ratio"),
     ("cand top-5", "candidate_top5", "ratio"),
 )
+SEQUENCE_COLUMNS = (
+    ("kind", "kind", "text"),
+    ("tok cos mean", "token_cosine_mean", "cos"),
+    ("tok cos p5", "token_cosine_p5", "cos"),
+    ("spearman", "pairwise_spearman", "cos"),
+    ("int diff", "integer_mismatches", "int"),
+)
+SEQUENCE_KINDS = ("tokens", "embedding", "integer")
 OUTPUT_MIN_WIDTH = 12  # output names longer than the room left wrap (never cut)
 AGREE_LEGEND = "agree = share of samples where both models rank the same class first (top-1)"
 
@@ -41,7 +54,7 @@ def fmt_metric(value: Any, kind: str = "g") -> str:
         return "–"
     if isinstance(value, str):  # "nan", "inf", "-inf" from the JSON form
         return value
-    if kind == "int":
+    if kind in ("int", "text"):
         return str(value)
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
         return str(value)
@@ -100,14 +113,33 @@ def _groups(rows: Sequence[Mapping[str, Any]], mode: str, providers: Sequence[st
     return list(groups.items())
 
 
+def _sequence_legend(rows: Sequence[Mapping[str, Any]]) -> str:
+    parts = []
+    if any(row.get("kind") == "tokens" for row in rows):
+        parts.append("tok cos = cosine of each real token (padding excluded)")
+    pairs = max((row.get("pairwise_samples") or 0 for row in rows if row.get("kind") == "embedding"), default=0)
+    if pairs:
+        parts.append(f"spearman = rank agreement of the similarities of {pairs} samples' pairs")
+    if any(row.get("kind") == "integer" for row in rows):
+        parts.append("int diff = integer values that differ (any fails)")
+    return "; ".join(parts)
+
+
 def print_metrics(console, rows: Sequence[Mapping[str, Any]], *, mode: str, providers: Sequence[str]) -> None:
     """The metrics table (one per provider when there are several), the ``agree`` legend for
-    classifier outputs and, for outputs with labels, the accuracy table — what ``compare``
-    and ``optimize`` print."""
+    classifier outputs, for token/embedding/integer outputs the sequence table and its
+    legend, and, for outputs with labels, the accuracy table — what ``compare`` and
+    ``optimize`` print."""
     for title, group in _groups(rows, mode, providers):
         console.print(metrics_table(group, title=title))
     if any(row.get("classifier") for row in rows):
         console.print(AGREE_LEGEND, markup=False, highlight=False)
+    sequence = [row for row in rows if row.get("kind") in SEQUENCE_KINDS]
+    for title, group in _groups(sequence, mode, providers) if sequence else ():
+        heading = "sequence outputs" if title is None else f"sequence outputs, {title}"
+        console.print(metrics_table(group, columns=SEQUENCE_COLUMNS, title=heading))
+    if sequence:
+        console.print(_sequence_legend(sequence), markup=False, highlight=False)
     labeled = [row for row in rows if row.get("labeled")]
     for title, group in _groups(labeled, mode, providers) if labeled else ():
         heading = "accuracy" if title is None else f"accuracy, {title}"

@@ -88,7 +88,8 @@ def provider_option(func):
 
 
 def tolerance_options(func):
-    """``--atol --rtol --min-cosine --min-cosine-p5 --min-channel-cosine --min-agreement --max-rel-error``."""
+    """``--atol --rtol --min-cosine --min-cosine-p5 --min-channel-cosine --min-pairwise-spearman
+    --min-agreement --max-rel-error``."""
     non_negative = click.FloatRange(min=0)
     return _apply(
         func,
@@ -103,6 +104,9 @@ def tolerance_options(func):
             click.option("--min-channel-cosine", type=click.FloatRange(-1, 1), metavar="X",
                          help="Fail when an attribute channel of a detection-like output (boxes, "
                               "objectness, class scores) has a cosine similarity below X."),
+            click.option("--min-pairwise-spearman", type=click.FloatRange(-1, 1), metavar="X",
+                         help="Fail when the rank correlation of the pairwise similarities of a sentence-"
+                              "embedding output (reference vs candidate) is below X."),
             click.option("--min-agreement", type=click.FloatRange(0, 1), metavar="X",
                          help="Fail when top-1 agreement of [N, classes] outputs is below X."),
             click.option("--max-rel-error", type=non_negative, metavar="X",
@@ -163,6 +167,7 @@ def build_tolerances(
     max_rel_error: float | None = None,
     min_cosine_p5: float | None = None,
     min_channel_cosine: float | None = None,
+    min_pairwise_spearman: float | None = None,
     default: Tolerances | None = None,
     **_ignored,
 ) -> Tolerances:
@@ -171,7 +176,8 @@ def build_tolerances(
     from onnxopt.validate.metrics import Tolerances
 
     tolerances = Tolerances(atol, rtol, min_cosine, min_agreement, max_rel_error,
-                            min_cosine_p5=min_cosine_p5, min_channel_cosine=min_channel_cosine)
+                            min_cosine_p5=min_cosine_p5, min_channel_cosine=min_channel_cosine,
+                            min_pairwise_spearman=min_pairwise_spearman)
     if tolerances.is_empty() and default is not None:
         return default
     return tolerances

@@ -5,7 +5,9 @@ This is the numerical half of every validation: ``onnxopt compare`` calls it dir
 Sessions are created once per (model, provider) through
 :mod:`onnxopt.validate.providers`; each batch from the :class:`DataSource` is fed to
 every session, and the outputs go straight into streaming accumulators
-(:mod:`onnxopt.validate.metrics`), so memory stays at one batch of outputs.
+(:mod:`onnxopt.validate.metrics`, with the batch's feeds: they tell a sequence model's
+outputs apart and mask its padding), so memory stays at one batch of outputs (plus at
+most 2,000 samples' sentence embeddings per embedding output, for their pairwise Spearman).
 
 Feeds are cast to each session's declared input type when it differs from the source's
 (e.g. a candidate whose inputs were converted to float16), with a note in the result.
@@ -284,7 +286,7 @@ def _compare(
 
         for provider in providers:
             accumulators[provider].update(
-                run("ref", ref_on(provider)), run(cand_slot, provider), batch.ids, labels
+                run("ref", ref_on(provider)), run(cand_slot, provider), batch.ids, labels, batch.feeds
             )
         if self_check and self_difference is None:  # after the candidate: both drew once
             check_on = ref_on(self_check_provider(providers))  # the CPU: CUDA kernels may vary run to run

@@ -237,7 +237,7 @@ class SplitEvaluator:
                 ready = {k: (v.astype(casts[k]) if k in casts and v.dtype != casts[k] else v)
                          for k, v in feeds.items()}
                 outputs = dict(zip(names, session.run(names, ready), strict=True))
-                accumulator.update(reference, outputs, ids, self.labels)
+                accumulator.update(reference, outputs, ids, self.labels, feeds)
                 samples += len(ids)
         except InputError:
             raise

@@ -89,7 +89,7 @@ def test_json_output(models):
     code, result = invoke(models["a"], models["same"], "--json")
     assert code == 0 and json.loads(result.stdout)["gate"] == {
         "tolerances": {"atol": None, "rtol": None, "min_cosine": None, "min_agreement": None, "max_rel_error": 1e-4,
-                       "min_cosine_p5": None, "min_channel_cosine": None},
+                       "min_cosine_p5": None, "min_channel_cosine": None, "min_pairwise_spearman": None},
         "passed": True, "failures": [],
     }
 
