@@ -675,8 +675,9 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
         batches = 0
         for feeds in self.context.calibration():
             values = dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
+            tokens = _real_tokens(feeds)
             for index, item in enumerate(done):
-                Z, Y = self._refit_samples(item, values[z_names[index]], values[y_names[index]])
+                Z, Y = self._refit_samples(item, values[z_names[index]], values[y_names[index]], tokens)
                 if solvers[index] is None:
                     solvers[index] = LastFactorRefit(Z.shape[1], Y.shape[1], fit_bias=item.layer.kind != "matmul")
                 solvers[index].update(Z, Y)
@@ -696,8 +697,14 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
             "data": self.context.calibration_description,
         }
 
-    def _refit_samples(self, item: _Done, Z: np.ndarray, Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(Z, Y) as LastFactorRefit wants them: [N, R, H, W] / [rows, R] and [N, F, H, W] / [rows, F]."""
+    def _refit_samples(self, item: _Done, Z: np.ndarray, Y: np.ndarray,
+                       tokens: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(Z, Y) as LastFactorRefit wants them: [N, R, H, W] / [rows, R] and [N, F, H, W] / [rows, F].
+
+        ``tokens``: the batch's attention mask ([batch, seq], True = a real token); rows of
+        [batch, seq, features] activations at padded positions are left out — on short
+        sentences padded to 128 tokens they are most of the rows, and fitting them fits padding.
+        """
         last = item.nodes[-1]
         if last.op_type == "Conv":
             kh, kw = item.decomposition.factors[-1].weight.shape[2:]
@@ -708,6 +715,8 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
                 pads = explicit_pads(attrs, (kh, kw), Z.shape[2:])
                 Z = im2col(Z, (kh, kw), attrs["strides"], pads, attrs["dilations"])
             return Z, Y
+        if tokens is not None and Z.ndim == 3 and Z.shape[:2] == tokens.shape and Y.shape[:2] == tokens.shape:
+            return Z[tokens], Y[tokens]
         return Z.reshape(-1, Z.shape[-1]), Y.reshape(-1, Y.shape[-1])
 
     def _apply_refit(self, graph: ir.Graph, item: _Done, solver) -> dict[str, Any]:
@@ -772,6 +781,16 @@ def _drop_if_unused(graph: ir.Graph, value: ir.Value | None) -> None:
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
         graph.remove(producer, safe=True)
+
+
+def _real_tokens(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The attention mask of a batch of token inputs (an input named ``mask``, ``*_mask``:
+    2-D, integer, bool or float) as booleans, or None."""
+    for name, value in feeds.items():
+        base = name.rsplit(":", 1)[0].lower()
+        if (base == "mask" or base.endswith("_mask")) and value.ndim == 2 and value.dtype.kind in "biuf":
+            return value != 0
+    return None
 
 
 def _session(proto, extra_outputs: list[str], elem_types: dict[str, int]):
