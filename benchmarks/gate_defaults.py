@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -150,13 +150,6 @@ CASES = _cases()
 
 
 # ---------------------------------------------------------------- data and runs
-
-
-def cache_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "onnxopt" / "gate_defaults"
 
 
 def _slug(text: str) -> str:
@@ -636,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         keys = [k.strip() for k in args.only.split(",") if k.strip()]
         cases = [c for c in CASES if any(k in c.name for k in keys)]
-    cache = cache_dir(args.cache)
+    cache = cache_dir(args.cache, "gate_defaults")
     print(f"onnxruntime {onnxruntime.__version__}; {hostcpu.cpu_name()}: {hostcpu.integer_kernels().describe()}; "
           f"cache {cache}")
     start = time.perf_counter()

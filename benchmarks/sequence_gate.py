@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -60,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _cache import cache_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -95,13 +95,6 @@ def _cases() -> list[Case]:
 
 
 CASES = _cases()
-
-
-def cache_dir(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "onnxopt" / "sequence_gate"
 
 
 # ---------------------------------------------------------------- planted regressions
@@ -421,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"missing {path}", file=sys.stderr)
             return 2
     start = time.perf_counter()
-    figures = build(cache_dir(args.cache), args.refresh, args.samples)["cases"]
+    figures = build(cache_dir(args.cache, "sequence_gate"), args.refresh, args.samples)["cases"]
     describe(figures, args.samples)
     judges = {label: policy.judge for label, policy in POLICIES.items()}
     judges["onnxopt's defaults (check_gate)"] = onnxopt_judge
