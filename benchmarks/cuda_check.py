@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from onnxopt.validate.providers import cuda_status
+    from onnxopt.runtime import cuda_status
 
     ok, reason = cuda_status()
     if not ok:

@@ -174,7 +174,7 @@ def sources(spec: ModelSpec, proto, preprocess: str | None = None):
 
 
 def run_outputs(model: bytes, source, batch: int, config=None) -> dict[str, np.ndarray]:
-    from onnxopt.validate.providers import create_session
+    from onnxopt.runtime import create_session
 
     session = create_session(model, "cpu", config=config)
     names = [o.name for o in session.get_outputs()]

@@ -208,7 +208,7 @@ def build_auto(proto: onnx.ModelProto, data, budget: float) -> Variant:
 
 def embeddings(model: bytes, source, config: dict | None = None) -> np.ndarray:
     """The sentence embeddings of every sample of ``source``, [samples, 384] float64."""
-    from onnxopt.validate.providers import create_session
+    from onnxopt.runtime import create_session
 
     session = create_session(model, "cpu", threads=1, config=config or None)
     rows = [session.run([EMBEDDING], batch.feeds)[0] for batch in source.batches(EVAL_BATCH)]
@@ -424,7 +424,7 @@ def frames_with_context(audio: np.ndarray) -> np.ndarray:
 
 
 def silero_probs(model: bytes, frames: np.ndarray, config: dict | None = None) -> np.ndarray:
-    from onnxopt.validate.providers import create_session
+    from onnxopt.runtime import create_session
 
     session = create_session(model, "cpu", threads=1, config=config or None)
     state = np.zeros((1, 1, 128), np.float32)
@@ -432,7 +432,7 @@ def silero_probs(model: bytes, frames: np.ndarray, config: dict | None = None) -
 
 
 def akiki_probs(model: bytes, frames: np.ndarray, config: dict | None = None) -> np.ndarray:
-    from onnxopt.validate.providers import create_session
+    from onnxopt.runtime import create_session
 
     session = create_session(model, "cpu", threads=1, config=config or None)
     state = np.zeros((1, 1, 128), np.float32)

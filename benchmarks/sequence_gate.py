@@ -172,7 +172,7 @@ def candidate_bytes(proto, case: Case) -> tuple[bytes, dict]:
 
 
 def run_batches(model: bytes, source, batch: int, config=None) -> list[tuple[dict, list[str], dict]]:
-    from onnxopt.validate.providers import create_session
+    from onnxopt.runtime import create_session
 
     session = create_session(model, "cpu", config=config)
     names = [o.name for o in session.get_outputs()]

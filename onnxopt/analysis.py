@@ -47,6 +47,37 @@ class NodeCost:
     params: int
 
 
+SVD_MIN_DIM = 64
+"""Smallest side of a weight matrix for which a low-rank (SVD) split is suggested: a rank-r
+split only saves work when r < mn / (m + n), which leaves no room on small matrices."""
+
+TARGET_DECOMPOSE = "decompose"
+TARGET_SVD = "svd"
+
+
+def decomposition_target(op_type: str, weight_shape: tuple[int, ...] | None, group: int = 1,
+                         kernel: tuple[int, ...] | None = None) -> str | None:
+    """Which decomposition family can target a node, from its facts alone.
+
+    :data:`TARGET_DECOMPOSE` for a dense (group 1) Conv with a kernel larger than 1×1
+    (spatial, tucker, cp, separable); :data:`TARGET_SVD` for a 1×1 Conv or a Gemm/MatMul
+    whose constant weight's smaller side is at least :data:`SVD_MIN_DIM`; ``None``
+    otherwise (such a layer can still be quantized). ``weight_shape`` is the constant
+    weight's shape (``None`` when the weight is not a constant); ``kernel`` the Conv's
+    ``kernel_shape`` attribute when it has one.
+    """
+    if weight_shape is None or op_type not in ("Conv", "Gemm", "MatMul"):
+        return None
+    if op_type == "Conv":
+        kernel = tuple(kernel or weight_shape[2:])
+        if group != 1 or not kernel or len(weight_shape) < 3:
+            return None
+        if math.prod(kernel) > 1:
+            return TARGET_DECOMPOSE
+        return TARGET_SVD if min(weight_shape[0], weight_shape[1]) >= SVD_MIN_DIM else None
+    return TARGET_SVD if len(weight_shape) == 2 and min(weight_shape) >= SVD_MIN_DIM else None
+
+
 def _is_dynamic(dim) -> bool:
     return not (dim.HasField("dim_value") and dim.dim_value > 0)
 

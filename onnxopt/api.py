@@ -149,9 +149,9 @@ def gate_settings(
     unless ``source`` holds random inputs) — see :mod:`onnxopt.validate.gate`.
     """
     from onnxopt.registry import get
+    from onnxopt.runtime import resolve_providers
     from onnxopt.validate.gate import GateSettings, default_tolerances
     from onnxopt.validate.inputs import RandomSource
-    from onnxopt.validate.providers import resolve_providers
 
     if has_data is None:
         has_data = not isinstance(source, RandomSource)
@@ -264,7 +264,7 @@ def prepare_context(
     specs = parse_spec(passes) if isinstance(passes, str) else list(passes)
     classes = [get(spec.name) for spec in specs]
     wants_data = any(cls.uses_data(build_options(cls, spec.options)) for cls, spec in zip(classes, specs))
-    from onnxopt.validate.providers import resolve_providers
+    from onnxopt.runtime import resolve_providers
 
     # passes see the providers the run really uses: "auto" resolved, CUDA only where it loads
     context = PassContext(jobs=jobs, providers=tuple(resolve_providers(providers).providers),
@@ -277,9 +277,9 @@ def prepare_context(
         context.calibration_description = calibration.description
         notes.append(f"calibration: {calibration.description}; evaluation: {evaluation.description} (disjoint)")
     if any(cls.needs_evaluator for cls in classes):
+        from onnxopt.runtime import resolve_providers
         from onnxopt.validate.evaluator import SplitEvaluator
         from onnxopt.validate.gate import LOSSY_TOLERANCES
-        from onnxopt.validate.providers import resolve_providers
 
         notes.extend(resolve_providers(target).notes)  # explicit cuda that does not load: exit 2
 

@@ -844,7 +844,7 @@ def _rule_non_finite_weights(run: _Run, loaded: _Loaded) -> None:
 def _quiet_native_stderr() -> Iterator[None]:
     """Keep onnxruntime's native log off the terminal (a pre-commit hook prints findings,
     not log spam); what it printed goes to the debug log."""
-    from onnxopt.validate.providers import capture_fd2
+    from onnxopt.runtime import capture_fd2
 
     with capture_fd2() as printed:
         yield

@@ -57,7 +57,7 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _PATH_VARIABLE = "ONNXOPT_ISOLATION_SYS_PATH"
 
 # The child: no onnxopt import (its package __init__s pull in more than the child needs).
-# Session options mirror onnxopt.validate.providers.create_session (the gate's sessions).
+# Session options mirror onnxopt.runtime.create_session (the gate's sessions).
 _CHILD = r"""
 import contextlib, io, json, os, pickle, sys
 sys.path[:] = json.loads(os.environ.pop("ONNXOPT_ISOLATION_SYS_PATH"))
@@ -83,7 +83,7 @@ LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended":
 CUDA = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
 
 if any("cuda" in job["providers"] for _, job in jobs):
-    # pip's nvidia-* CUDA libraries lie outside the loader's path (as in providers._preload_cuda_libraries)
+    # pip's nvidia-* CUDA libraries lie outside the loader's path (as in runtime._preload_cuda_libraries)
     preload = getattr(ort, "preload_dlls", None)
     if preload is not None:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):

@@ -2,7 +2,7 @@
 
 ``latency`` measures whole-model latency (one model, or an A/B comparison interleaved in
 one process); ``profile`` attributes time to the graph's nodes with onnxruntime's
-profiler. Both depend on onnxruntime only (through ``onnxopt.validate.providers``), never on
+profiler. Both depend on onnxruntime only (through ``onnxopt.runtime``), never on
 the passes.
 """
 

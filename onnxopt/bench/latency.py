@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.providers import create_session
+from onnxopt.runtime import create_session
 
 log = logging.getLogger(__name__)
 

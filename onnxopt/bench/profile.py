@@ -78,7 +78,7 @@ import onnx
 from onnxopt.analysis import attribute as _attr
 from onnxopt.analysis import node_costs
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.providers import create_session
+from onnxopt.runtime import create_session
 
 log = logging.getLogger(__name__)
 

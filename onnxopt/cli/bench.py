@@ -290,7 +290,7 @@ def command(
 ) -> None:
     from onnxopt import io
     from onnxopt.bench.latency import bench_models
-    from onnxopt.validate.providers import resolve_providers
+    from onnxopt.runtime import resolve_providers
 
     if model2 is not None and model == "-" and model2 == "-":
         raise UsageError("only one of the two models can be read from stdin ('-')")

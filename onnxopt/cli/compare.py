@@ -85,8 +85,8 @@ def _progress(total_hint: int):
 @verbosity_options
 def command(model_a: str, model_b: str | None, exact_int8: bool, as_json: bool, **opts) -> None:
     from onnxopt import hostcpu, io
+    from onnxopt.runtime import resolve_providers
     from onnxopt.validate import Tolerances, compare_models, compare_providers
-    from onnxopt.validate.providers import resolve_providers
 
     if model_b is not None and model_a == "-" and model_b == "-":
         raise UsageError("only one of the two models can be read from stdin ('-')")

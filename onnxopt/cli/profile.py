@@ -144,7 +144,7 @@ def command(
 ) -> None:
     from onnxopt import io
     from onnxopt.bench.profile import profile_model
-    from onnxopt.validate.providers import resolve_providers
+    from onnxopt.runtime import resolve_providers
 
     choice = resolve_providers(providers)
     if len(choice.providers) != 1:

@@ -1,6 +1,6 @@
 """Numerical validation on onnxruntime: inputs and data, preprocessing, metrics, comparison.
 
-Depends on onnxruntime (imported lazily, inside :mod:`onnxopt.validate.providers`) and is
+Depends on onnxruntime (imported lazily, inside :mod:`onnxopt.runtime`) and is
 never imported by passes. Importing this package is cheap: no onnxruntime, no Pillow.
 """
 

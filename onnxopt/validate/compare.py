@@ -3,7 +3,7 @@
 This is the numerical half of every validation: ``onnxopt compare`` calls it directly, and
 ``onnxopt optimize`` calls it as its gate (original = reference, optimized = candidate).
 Sessions are created once per (model, provider) through
-:mod:`onnxopt.validate.providers`; each batch from the :class:`DataSource` is fed to
+:mod:`onnxopt.runtime`; each batch from the :class:`DataSource` is fed to
 every session, and the outputs go straight into streaming accumulators
 (:mod:`onnxopt.validate.metrics`, with the batch's feeds: they tell a sequence model's
 outputs apart and mask its padding), so memory stays at one batch of outputs (plus at
@@ -163,7 +163,7 @@ class _Runner:
     def session(self, slot: str, provider: str):
         key = (slot, provider)
         if key not in self.sessions:
-            from onnxopt.validate.providers import create_session
+            from onnxopt.runtime import create_session
 
             logger.debug("creating the %s session on %s", self.labels[slot], provider)
             session = create_session(self.models[slot], provider, threads=self.threads, config=self.configs.get(slot))

@@ -167,7 +167,7 @@ class SplitEvaluator:
     # ------------------------------------------------------------------ reference
 
     def _session(self, model: bytes):
-        from onnxopt.validate.providers import create_session
+        from onnxopt.runtime import create_session
 
         return create_session(model, self.target, threads=self.threads)
 

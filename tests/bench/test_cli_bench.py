@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.cli import bench as bench_cli
 from onnxopt.cli import profile as profile_cli
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.providers import cuda_status
+from onnxopt.runtime import cuda_status
 
 FAST = ["--runs", "3", "--warmup", "1"]
 # Two models: also no time floor and no sampling past --runs (--max-time 0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxopt.validate.providers import cuda_status
+from onnxopt.runtime import cuda_status
 
 REPO = Path(__file__).resolve().parents[2]
 CUDA_OK, _ = cuda_status()

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxopt.bench import latency
 from onnxopt.bench.latency import BenchResult, LatencyStats, bench_models
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.providers import cuda_status
+from onnxopt.runtime import cuda_status
 
 
 def _model(scale: float = 2.0) -> bytes:

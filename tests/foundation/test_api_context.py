@@ -11,9 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxopt
 from onnxopt import api
+from onnxopt import runtime as prov
 from onnxopt.passbase import PassContext
 from onnxopt.scratch import contained, scratch_dir
-from onnxopt.validate import providers as prov
 
 
 def _conv(input_name: str):

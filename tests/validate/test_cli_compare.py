@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.cli.compare import command
 from onnxopt.errors import GateFailed, InputError, OnnxoptError, UsageError
-from onnxopt.validate.providers import cuda_status
+from onnxopt.runtime import cuda_status
 from tests.helpers import make_model
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared"

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.validate import providers as prov
+from onnxopt import runtime as prov
 from onnxopt.validate.compare import compare_providers
 from onnxopt.validate.inputs import model_inputs, random_source, resolve_shapes
 from onnxopt.validate.metrics import Tolerances

@@ -307,7 +307,7 @@ def test_cuda_that_does_not_load_in_the_child_is_a_setup_problem_not_the_models(
 
 def test_cuda_with_this_onnxruntime_runs_on_cuda_or_says_it_did_not():
     """The real onnxruntime: where CUDA does not load (no GPU, no CUDA libraries) the child says so."""
-    from onnxopt.validate.providers import cuda_status
+    from onnxopt.runtime import cuda_status
 
     result = run_isolated(conv_stack().SerializeToString(), FEEDS, ["cuda"])
     if cuda_status()[0]:

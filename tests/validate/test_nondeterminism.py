@@ -119,7 +119,7 @@ def test_random_model_whose_seed_does_not_hold_is_refused(tmp_path, monkeypatch)
 
 def test_a_seed_that_does_not_hold_across_sessions_is_refused(monkeypatch):
     """Two new sessions of the seeded original must agree: checked with two sessions, not one run twice."""
-    from onnxopt.validate import providers
+    from onnxopt import runtime as providers
 
     real = providers.create_session
     made = []
@@ -177,7 +177,7 @@ class _NoisyCuda:
 @pytest.fixture
 def noisy_cuda(monkeypatch):
     """create_session("cuda") gives a noisy stand-in (no GPU here); the providers sessions were made on."""
-    from onnxopt.validate import providers
+    from onnxopt import runtime as providers
 
     real = providers.create_session
     made = []

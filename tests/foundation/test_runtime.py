@@ -1,4 +1,4 @@
-"""Tests for onnxopt.validate.providers: spec parsing, the quiet CUDA probe, sessions."""
+"""Tests for onnxopt.runtime: spec parsing, the quiet CUDA probe, sessions."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from onnxopt import runtime as prov
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate import providers as prov
-from onnxopt.validate.providers import (
+from onnxopt.runtime import (
     ORT_PROVIDER,
     ProviderChoice,
     create_session,
@@ -217,3 +217,27 @@ def test_create_session_profiling(tmp_path):
     assert Path(trace).name.startswith("trace")
     assert Path(trace).exists()
     Path(trace).unlink()
+
+
+# --- first_line and the session options every caller shares -------------------------
+
+
+def test_first_line_strips_onnxruntime_decoration():
+    text = ("\x1b[31m[ONNXRuntimeError] : 10 : INVALID_GRAPH : /src/onnxruntime/core/graph.cc:123 "
+            "void Graph::Resolve() Node (x) has   input size 3\nsecond line")
+    assert prov.first_line(RuntimeError(text)) == "Node (x) has input size 3"
+    assert prov.first_line(ValueError("")) == "ValueError"
+    assert prov.first_line("x" * 400).endswith("…") and len(prov.first_line("x" * 400)) == 300
+
+
+def test_create_session_takes_a_model_proto_with_a_newer_ir_version():
+    model = _add_model()
+    model.ir_version = 99  # newer than any onnxruntime: clamped on a copy
+    session = create_session(model, optimization="disable")
+    assert [i.name for i in session.get_inputs()]
+    assert model.ir_version == 99
+
+
+def test_create_session_unknown_optimization_level_is_usage_error():
+    with pytest.raises(UsageError, match="optimization level"):
+        create_session(_add_model(), optimization="fast")

@@ -1,18 +1,17 @@
-"""Execution providers: which ones really load here, and sessions created on them.
+"""The one place onnxopt talks to onnxruntime: sessions, providers and one-line errors.
 
-Why this module exists: ``onnxruntime-gpu`` installs and runs on a machine without a GPU
-(or without the CUDA libraries), and ``onnxruntime.get_available_providers()`` still lists
-``CUDAExecutionProvider``. Only a created session's ``get_providers()`` tells whether CUDA
-really loaded, and when it does not, onnxruntime's C++ code prints a long, coloured error
-straight to the process's file descriptor 2. So we probe once, quietly (fd 2 redirected to
-a temporary file), and turn what it printed into one clean line such as
-``libcublasLt.so.13 not found``.
+- :func:`create_session`: every onnxruntime session in onnxopt is made here (providers,
+  threads, graph-optimization level, session config entries such as the exact-int8 ones,
+  TF32 on CUDA, IR version clamped so that onnxruntime loads what onnx writes).
+- :func:`cuda_status` / :func:`resolve_providers`: which providers really load here.
+  ``onnxruntime-gpu`` lists CUDA even where its libraries are missing; only a created
+  session's ``get_providers()`` tells, and its failure is printed natively on fd 2, so the
+  probe runs with fd 2 redirected (:func:`capture_fd2`) and reports one clean line.
+- :func:`first_line`: an error (onnxruntime's multi-line native text included) as one line.
 
-Provider names used throughout onnxopt are the short ones, ``"cpu"`` and ``"cuda"``;
-:data:`ORT_PROVIDER` maps them to onnxruntime's names.
-
-onnxruntime is imported inside the functions, so importing this module (e.g. from the
-CLI on ``--help``) stays cheap.
+Provider names are the short ones, ``"cpu"`` and ``"cuda"``; :data:`ORT_PROVIDER` maps them
+to onnxruntime's. onnxruntime is imported inside the functions, so importing this module
+stays cheap.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING
 from onnxopt.errors import InputError, UsageError
 
 if TYPE_CHECKING:
+    import onnx
     import onnxruntime
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def cuda_status() -> tuple[bool, str]:
             )
             loaded = session.get_providers()
         except Exception as exc:  # noqa: BLE001 - any failure means "no CUDA"
-            error = _first_line(str(exc))
+            error = first_line(exc)
     if ORT_PROVIDER["cuda"] in loaded:
         log.debug("CUDA execution provider loads")
         return True, "CUDA available"
@@ -231,45 +231,64 @@ def _preload_cuda_libraries(ort) -> None:
         preload()
 
 
-def _first_line(message: str) -> str:
-    """First non-empty line of an onnxruntime error, without its numeric status prefix."""
-    for line in _ANSI.sub("", message).splitlines():
-        line = line.strip()
-        if line:
-            # "[ONNXRuntimeError] : 10 : INVALID_GRAPH : Load model ..." -> "Load model ..."
-            line = re.sub(r"^\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*", "", line)
-            return line[:300]
-    return message.strip()[:300] or "unknown error"
+_ORT_STATUS = re.compile(r"\[ONNXRuntimeError\]\s*:\s*\d+\s*:\s*\w+\s*:\s*")
+_CPP_LOCATION = re.compile(r"/\S+\.(?:cc|h|cpp):\d+\s+[^()]*\([^)]*\)\s+")
+
+
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first meaningful line of an error, for one-line messages.
+
+    Strips what onnxruntime adds around its message: colour codes, the
+    ``[ONNXRuntimeError] : 10 : INVALID_GRAPH :`` status prefix and the C++ source
+    location. Whitespace is collapsed and the text cut at ``limit`` characters. An empty
+    message gives the exception's type name.
+    """
+    text = _ORT_STATUS.sub("", _ANSI.sub("", str(error)))
+    text = _CPP_LOCATION.sub("", text)
+    line = next((" ".join(part.split()) for part in text.splitlines() if part.strip()), "")
+    if not line:
+        return type(error).__name__ if isinstance(error, BaseException) else "unknown error"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                       "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+"""Short graph-optimization level names -> onnxruntime's ``GraphOptimizationLevel`` names."""
 
 
 def create_session(
-    model: bytes | str | os.PathLike,
+    model: bytes | str | os.PathLike | onnx.ModelProto,
     provider: str = "cpu",
     *,
     threads: int | None = None,
+    optimization: str | None = None,
     enable_profiling: bool = False,
     profile_prefix: str | None = None,
     config: Mapping[str, str] | None = None,
     tf32: bool = False,
+    log_level: int = 3,
+    quiet: bool = False,
 ) -> onnxruntime.InferenceSession:
-    """Create an onnxruntime session for ``model`` (serialized bytes or a file path).
+    """Create an onnxruntime session for ``model`` (a ModelProto, serialized bytes or a path).
 
     ``provider`` is a short name ("cpu" or "cuda"); CUDA sessions also list the CPU
-    provider so that nodes without a CUDA kernel still run. ``threads`` sets
+    provider so that nodes without a CUDA kernel still run. A ModelProto whose IR version
+    is newer than onnxruntime reads is clamped on a copy. ``threads`` sets
     ``intra_op_num_threads`` (``None`` keeps onnxruntime's default, one per core).
-    ``enable_profiling`` turns on onnxruntime's profiler, writing its JSON trace to
-    ``profile_prefix`` + timestamp (``session.end_profiling()`` returns the path).
-    ``config``: onnxruntime session config entries (``add_session_config_entry``).
-    ``tf32``: let CUDA run float32 matrix products and convolutions in TF32 (onnxruntime's
-    default, 10-bit mantissa). Off by default, so that a float32 model computes float32
-    on CUDA as on the CPU (TF32 alone moved MobileNetV2's logits by a relative L2 error of
-    1.6e-3 on an H200, over the lossless gate's 1e-4); latency measurements turn it on, as
-    the model runs when deployed.
+    ``optimization``: a key of :data:`OPTIMIZATION_LEVELS` (``None`` keeps the default,
+    all). ``enable_profiling`` turns on onnxruntime's profiler, writing its JSON trace to
+    ``profile_prefix`` + timestamp. ``config``: session config entries
+    (``add_session_config_entry``). ``tf32``: let CUDA run float32 matrix products and
+    convolutions in TF32 (onnxruntime's default, 10-bit mantissa); off, so that a float32
+    model computes float32 on CUDA as on the CPU; latency measurements turn it on, as the
+    model runs when deployed. ``log_level``: onnxruntime's severity (3 = errors only).
+    ``quiet``: also keep what onnxruntime prints natively on fd 2 off the terminal.
 
     Raises:
-        UsageError: unknown provider name or a thread count below 1.
+        UsageError: unknown provider or optimization level, or a thread count below 1.
         InputError: CUDA does not load here, or onnxruntime cannot load the model
-            (one line, e.g. the unsupported IR version or the missing operator).
+            (one line, e.g. the unsupported IR version or the missing operator; the
+            original exception is the ``__cause__``).
     """
     import onnxruntime as ort
 
@@ -277,6 +296,8 @@ def create_session(
         raise UsageError(f"unknown provider {provider!r}; valid: {', '.join(ORT_PROVIDER)}")
     if threads is not None and threads < 1:
         raise UsageError(f"threads must be at least 1, got {threads}")
+    if optimization is not None and optimization not in OPTIMIZATION_LEVELS:
+        raise UsageError(f"unknown optimization level {optimization!r}; valid: {', '.join(OPTIMIZATION_LEVELS)}")
     if provider == "cuda":
         ok, reason = cuda_status()
         if not ok:
@@ -286,9 +307,11 @@ def create_session(
         providers = [ORT_PROVIDER["cpu"]]
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only: warnings go to fd 2 and clutter the CLI
+    opts.log_severity_level = log_level  # warnings go to fd 2 and clutter the CLI
     if threads is not None:
         opts.intra_op_num_threads = threads
+    if optimization is not None:
+        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPTIMIZATION_LEVELS[optimization])
     if enable_profiling:
         opts.enable_profiling = True
         if profile_prefix:
@@ -296,12 +319,22 @@ def create_session(
     for key, value in (config or {}).items():
         opts.add_session_config_entry(key, value)
 
-    source: bytes | str = model if isinstance(model, bytes | bytearray) else os.fspath(model)
-    if isinstance(source, bytearray):
-        source = bytes(source)
+    source = _session_source(model)
     try:
-        session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+        with capture_fd2() if quiet else contextlib.nullcontext():
+            session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types
-        raise InputError(f"onnxruntime cannot load the model: {_first_line(str(exc))}") from exc
+        raise InputError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
     log.debug("session on %s: %s", provider, session.get_providers())
     return session
+
+
+def _session_source(model) -> bytes | str:
+    """What ``InferenceSession`` takes: bytes (a ModelProto serialized, IR clamped) or a path."""
+    if isinstance(model, bytes | bytearray):
+        return bytes(model)
+    if isinstance(model, str | os.PathLike):
+        return os.fspath(model)
+    from onnxopt.io import runnable_bytes
+
+    return runnable_bytes(model)
