@@ -279,7 +279,7 @@ def _drop_activation(proto, activation: str) -> None:
 
 def build(cases: list[Case], cache: Path, refresh: bool) -> None:
     from onnxopt import io
-    from onnxopt.hostcpu import EXACT_INTEGER_KERNELS
+    from onnxopt.runtime.cpu import EXACT_INTEGER_KERNELS
 
     cache.mkdir(parents=True, exist_ok=True)
     for key, spec in MODELS.items():
@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     import onnxruntime
 
-    from onnxopt import hostcpu
+    from onnxopt.runtime import cpu as hostcpu
 
     cases = CASES
     if args.only:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     import onnxopt
-    from onnxopt import hostcpu
+    from onnxopt.runtime import cpu as hostcpu
 
     print(f"onnxruntime {onnxruntime.__version__}; {hostcpu.cpu_name()}: {hostcpu.integer_kernels().describe()}")
     print(f"chains of {args.depth} Conv+ReLU, batch 1, 1 thread, interleaved, median CPU time")

@@ -41,7 +41,7 @@ while another job ran, INT8 1.3 ms / 1.3 ms), and the 10th-percentile wall time 
 undisturbed runs). On a quiet machine the three agree.
 
 The first line names the CPU and whether it has VNNI: integer speed and the accuracy of
-8-bit weights depend on it (``onnxopt.hostcpu``). The exploration below was measured on
+8-bit weights depend on it (``onnxopt.runtime.cpu``). The exploration below was measured on
 an AVX-512 VNNI CPU before bias correction and ``reduce_range`` existed.
 
 Exploration (the int8 pass, calibration = first 100, evaluation = the other 400;
@@ -194,7 +194,7 @@ def session(model: bytes, exact_integer: bool = False):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if exact_integer:
-        from onnxopt.hostcpu import EXACT_INTEGER_KERNELS
+        from onnxopt.runtime.cpu import EXACT_INTEGER_KERNELS
 
         for key, value in EXACT_INTEGER_KERNELS.items():
             options.add_session_config_entry(key, value)
@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(SPECS)}")
     import onnxruntime
 
-    from onnxopt import hostcpu
+    from onnxopt.runtime import cpu as hostcpu
 
     print(f"onnxruntime {onnxruntime.__version__}; {hostcpu.cpu_name()}: {hostcpu.integer_kernels().describe()}; "
           f"calibration: first {CALIBRATION} of {len(image_files())} photos (sorted by name); evaluation: the rest")

@@ -509,7 +509,7 @@ def main() -> None:
         sys.exit(f"needs {SEQUENCE}")
     import onnxruntime
 
-    from onnxopt.hostcpu import cpu_name, integer_kernels
+    from onnxopt.runtime.cpu import cpu_name, integer_kernels
 
     print(f"onnxopt sequence benchmark: {cpu_name()} ({integer_kernels().describe()}), "
           f"onnxruntime {onnxruntime.__version__}, CPU provider, 1 intra-op thread")

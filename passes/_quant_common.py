@@ -16,7 +16,7 @@
   :func:`rename_colliding`, :func:`upgrade_opset`, :func:`strip_initializer_value_info`;
 * :func:`check_loads` — whether onnxruntime loads (and runs) a converted model;
 * :func:`choose_reduce_range` — ``reduce_range=auto``: 7-bit weights where this CPU's
-  u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.hostcpu`);
+  u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.runtime.cpu`);
 * temporary files: ``scratch_dir`` and ``contained``, re-exported from :mod:`onnxopt.scratch`;
 * :func:`similarity` — how close quantized models' outputs are to the float model's
   (mean per-sample and worst per-channel Pearson r); :class:`StepClock` — time per step.
@@ -36,8 +36,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxopt import hostcpu, irutil
+from onnxopt import irutil
 from onnxopt.errors import InputError
+from onnxopt.runtime import cpu as hostcpu
 from onnxopt.scratch import contained, scratch_dir  # noqa: F401 - the passes call them as qc.*
 
 logger = logging.getLogger(__name__)

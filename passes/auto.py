@@ -120,10 +120,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxopt import hostcpu, irutil
+from onnxopt import irutil
 from onnxopt.errors import OnnxoptError, UsageError
 from onnxopt.passbase import CandidateScore, OptimizerPass, PassContext, option
 from onnxopt.registry import PassSpec, build_passes, register
+from onnxopt.runtime import cpu as hostcpu
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ where per-channel keeps 0.9974, at 1.95× against 1.99× FP32; on EasyOCR the tw
 and 1.24× (the gate's ``--bench``).
 Activations are uint8, so with int8 weights the kernels are u8×s8: ``reduce_range=auto``
 quantizes weights to 7 bits on x86 CPUs without VNNI, whose u8×s8 kernels saturate
-(:mod:`onnxopt.hostcpu`), as the int8 pass does.
+(:mod:`onnxopt.runtime.cpu`), as the int8 pass does.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ ImageNet photos, 100 others for calibration; ``benchmarks/quantize.py``):
   int8 activations only for targets that want symmetric activations (GPU/TensorRT, ARM).
 * ``reduce_range=auto``: on x86 CPUs without VNNI, 7-bit weights for the layers whose
   products can saturate; 8 bits everywhere else. Without VNNI, onnxruntime's u8×s8
-  kernels add pairs of products into a saturating int16 (:mod:`onnxopt.hostcpu`); on an
+  kernels add pairs of products into a saturating int16 (:mod:`onnxopt.runtime.cpu`); on an
   AVX2 AMD EPYC, ResNet-56 with 8-bit weights agreed with FP32 on 0.87 of 400 photos (KL
   0.165), with 7-bit weights 0.95 (KL 0.017), at the same speed. Depthwise convolutions
   and convolutions reading mostly small non-negative codes (ReLU outputs) keep 8 bits

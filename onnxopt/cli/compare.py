@@ -84,7 +84,8 @@ def _progress(total_hint: int):
 @click.option("--json", "as_json", is_flag=True, help="Print the result (and gate) as JSON on stdout.")
 @verbosity_options
 def command(model_a: str, model_b: str | None, exact_int8: bool, as_json: bool, **opts) -> None:
-    from onnxopt import hostcpu, io
+    from onnxopt import io
+    from onnxopt.runtime import cpu as hostcpu
     from onnxopt.runtime import resolve_providers
     from onnxopt.validate import Tolerances, compare_models, compare_providers
 

@@ -1,4 +1,4 @@
-"""The INT8 defaults depend on the host CPU (``onnxopt.hostcpu``: 7-bit weights and float
+"""The INT8 defaults depend on the host CPU (``onnxopt.runtime.cpu``: 7-bit weights and float
 stems where u8×s8 kernels saturate). The unit tests here pin a VNNI CPU so that they
 assert the same structure everywhere; ``tests/quant/test_reduce_range.py`` pins the
 other kinds, and tests that take the ``real_cpu`` fixture (the real-model ones) run
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from onnxopt import hostcpu
+from onnxopt.runtime import cpu as hostcpu
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ import pytest
 from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 
 import onnxopt
-from onnxopt import hostcpu
 from onnxopt.errors import InputError, UsageError
 from onnxopt.passbase import PassContext
 from onnxopt.registry import build_options, get
+from onnxopt.runtime import cpu as hostcpu
 from tests.helpers import SHARED_IMAGES, cli, make_model, run_ort, shared_model
 from tests.quant.models import conv_stack, cosine, image_batches, op_types
 

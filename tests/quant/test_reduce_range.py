@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import hostcpu
 from onnxopt.errors import UsageError
 from onnxopt.passbase import PassContext
 from onnxopt.registry import build_options, get
+from onnxopt.runtime import cpu as hostcpu
 from tests.helpers import make_model
 from tests.quant.models import conv_stack
 from tests.quant.test_int8 import context, dq_producers, run_int8

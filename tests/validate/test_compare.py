@@ -9,13 +9,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt.errors import InputError, UsageError
-from onnxopt.validate import compare as compare_module
 from onnxopt import runtime as providers_module
+from onnxopt.errors import InputError, UsageError
+from onnxopt.runtime import cuda_status
+from onnxopt.validate import compare as compare_module
 from onnxopt.validate.compare import compare_models, compare_providers
 from onnxopt.validate.inputs import model_inputs, open_data, random_source, resolve_shapes
 from onnxopt.validate.metrics import Tolerances
-from onnxopt.runtime import cuda_status
 from tests.helpers import make_model
 
 WEIGHT = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
