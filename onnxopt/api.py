@@ -112,7 +112,7 @@ def optimize(
         report.validation = {"skipped": True, "passed": None, "reason": "models over 2 GB are not validated"}
         report.warnings.append("validation skipped: models over 2 GB are not validated in memory")
     else:
-        from onnxopt.isolation import check_candidate, first_batch
+        from onnxopt.runtime.isolation import check_candidate, first_batch
         from onnxopt.validate.gate import run_gate
 
         asked = {key: value for pass_report in report.passes for key, value in pass_report.validate_with.items()}

@@ -313,7 +313,7 @@ def static_shapes(model: ir.Model, wanted: list[str] | None = None) -> dict[str,
     static_inputs = all(_known(shapes.get(v.name)) for v in proto.graph.input if v.name not in initializers)
     # symbolic inference cannot resolve dynamic spatial sizes; only try it when it can help
     if static_inputs and (wanted is None or any(not _known(shapes.get(name)) for name in wanted)):
-        from onnxopt.scratch import symbolic_shape_inference
+        from onnxopt.runtime.scratch import symbolic_shape_inference
 
         symbolic = symbolic_shape_inference(proto)
         if symbolic is not None:

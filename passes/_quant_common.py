@@ -17,7 +17,7 @@
 * :func:`check_loads` — whether onnxruntime loads (and runs) a converted model;
 * :func:`choose_reduce_range` — ``reduce_range=auto``: 7-bit weights where this CPU's
   u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.runtime.cpu`);
-* temporary files: ``scratch_dir`` and ``contained``, re-exported from :mod:`onnxopt.scratch`;
+* temporary files: ``scratch_dir`` and ``contained``, re-exported from :mod:`onnxopt.runtime.scratch`;
 * :func:`similarity` — how close quantized models' outputs are to the float model's
   (mean per-sample and worst per-channel Pearson r); :class:`StepClock` — time per step.
 """
@@ -39,7 +39,7 @@ import onnx_ir as ir
 from onnxopt import irutil
 from onnxopt.errors import InputError
 from onnxopt.runtime import cpu as hostcpu
-from onnxopt.scratch import contained, scratch_dir  # noqa: F401 - the passes call them as qc.*
+from onnxopt.runtime.scratch import contained, scratch_dir  # noqa: F401 - the passes call them as qc.*
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ after conversion and the result must load in onnxruntime:
 * if onnxruntime still rejects a node, that node is kept in float32 and the conversion
   redone (at most a few rounds; the report names each node and the error). The last
   check loads the result and runs one random sample through it with onnxruntime's
-  default optimizations *in a child process* (:mod:`onnxopt.isolation`): a run-time error
+  default optimizations *in a child process* (:mod:`onnxopt.runtime.isolation`): a run-time error
   naming a node keeps that node float32; a crash that names nothing skips the pass.
 
 What onnxruntime cannot run in float16 was measured, not guessed (onnxruntime 1.31, CPU;
@@ -75,11 +75,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onnxopt import isolation
 from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.irutil import PROTOBUF_LIMIT, constant_array, unique_name
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
+from onnxopt.runtime import isolation
 
 from . import _quant_common as qc
 

@@ -108,7 +108,7 @@ def command(model_a: str, model_b: str | None, exact_int8: bool, as_json: bool, 
     source = build_source(reference, **opts)
     labels = build_labels(**opts)
     # A model that crashes onnxruntime must not take this process with it: both run first in a child.
-    from onnxopt.isolation import check_candidate, first_batch
+    from onnxopt.runtime.isolation import check_candidate, first_batch
 
     check_candidate(
         reference.SerializeToString() if candidate is not None else None,

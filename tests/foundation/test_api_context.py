@@ -13,7 +13,7 @@ import onnxopt
 from onnxopt import api
 from onnxopt import runtime as prov
 from onnxopt.passbase import PassContext
-from onnxopt.scratch import contained, scratch_dir
+from onnxopt.runtime.scratch import contained, scratch_dir
 
 
 def _conv(input_name: str):

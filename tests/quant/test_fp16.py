@@ -335,7 +335,7 @@ FAILS_IN_FLOAT16 = {
 
 def test_float16_probes_fail_exactly_where_measured():
     """Each probe's float32 build runs (the control); its float16 build fails only where listed."""
-    from onnxopt.isolation import Job, run_isolated_many
+    from onnxopt.runtime.isolation import Job, run_isolated_many
     from tests.quant.fp16_probes import PROBES
 
     jobs = []
@@ -359,7 +359,7 @@ def test_fp16_output_of_every_probe_runs_in_onnxruntime(monkeypatch):
 
     The pass's own last check (its model in a child process) is off: its rules alone must do it.
     """
-    from onnxopt.isolation import Job, run_isolated_many
+    from onnxopt.runtime.isolation import Job, run_isolated_many
     from tests.quant.fp16_probes import PROBES
 
     monkeypatch.setattr(ConvertFloat16Pass, "_run_isolated", lambda self, base, converted: None)
@@ -377,7 +377,7 @@ def test_fp16_output_of_every_probe_runs_in_onnxruntime(monkeypatch):
 
 
 def test_resize_cubic_stays_float32_and_runs():
-    from onnxopt.isolation import run_isolated
+    from onnxopt.runtime.isolation import run_isolated
     from tests.quant.fp16_probes import PROBES
 
     model, feeds = PROBES["Resize cubic NCHW"].build(np.float32)
@@ -400,7 +400,7 @@ def _fake_isolated(outcome):
 
 def test_a_node_onnxruntime_fails_to_run_in_float16_is_kept_float32(monkeypatch):
     """Run-time errors name the node ("running Conv node. Name:'conv2'"): it goes back to float32."""
-    from onnxopt import isolation
+    from onnxopt.runtime import isolation
 
     def outcome(proto):
         conv2 = next(n for n in proto.graph.node if n.name == "conv2")
@@ -418,7 +418,7 @@ def test_a_node_onnxruntime_fails_to_run_in_float16_is_kept_float32(monkeypatch)
 
 
 def test_a_crash_the_pass_cannot_place_skips_the_pass(monkeypatch):
-    from onnxopt import isolation
+    from onnxopt.runtime import isolation
 
     crash = isolation.IsolatedRun(False, "cpu", "load", signal="SIGSEGV", exitcode=-11)
     monkeypatch.setattr(fp16_module.isolation, "run_isolated", _fake_isolated(lambda proto: crash))

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxopt.errors import InputError, PassFailed, one_line
-from onnxopt.scratch import scratch_dir
+from onnxopt.runtime.scratch import scratch_dir
 
 if TYPE_CHECKING:
     import numpy as np

@@ -1,4 +1,4 @@
-"""Crash isolation (onnxopt.isolation): a model that crashes onnxruntime becomes one line, not a dead process."""
+"""Crash isolation (onnxopt.runtime.isolation): a model that crashes onnxruntime becomes one line, not a dead process."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from onnxopt import isolation
 from onnxopt.errors import EXIT_PASS_FAILED, EXIT_USAGE, InputError, PassFailed
-from onnxopt.isolation import (
+from onnxopt.report import PassReport
+from onnxopt.runtime import isolation
+from onnxopt.runtime.isolation import (
     CandidateFailed,
     IsolatedRun,
     Job,
@@ -24,7 +25,6 @@ from onnxopt.isolation import (
     run_isolated,
     run_isolated_many,
 )
-from onnxopt.report import PassReport
 from tests.helpers import REPO, make_model
 from tests.quant.fp16_probes import PROBES
 from tests.quant.models import conv_stack
@@ -128,7 +128,7 @@ def test_no_usable_child_is_not_blamed_on_the_model(monkeypatch, caplog):
     with pytest.raises(isolation.IsolationUnavailable, match="sys.executable is empty"):
         run_isolated(model, FEEDS)
     # the CLI tests leave the "onnxopt" logger at ERROR (-q): this test's warning must not depend on them
-    caplog.set_level(logging.WARNING, logger="onnxopt.isolation")
+    caplog.set_level(logging.WARNING, logger="onnxopt.runtime.isolation")
     assert check_candidate(model, model, FEEDS, ["cpu"], passes=[]) == []  # the gate runs them as before
     assert "not checked in a child process first" in caplog.text
 
@@ -139,7 +139,7 @@ def test_a_child_killed_by_sigkill_is_unknown_not_a_crash_of_the_model(monkeypat
                                      "        import signal; os.kill(os.getpid(), signal.SIGKILL)")
     assert child != isolation._CHILD
     monkeypatch.setattr(isolation, "_CHILD", child)
-    caplog.set_level(logging.WARNING, logger="onnxopt.isolation")
+    caplog.set_level(logging.WARNING, logger="onnxopt.runtime.isolation")
     model = conv_stack().SerializeToString()
     result = run_isolated(model, FEEDS)
     assert result.killed and result.unknown and result.signal == "SIGKILL"
@@ -292,7 +292,7 @@ def test_cpu_only_children_do_not_preload_cuda(fake_onnxruntime):
 
 def test_cuda_that_does_not_load_in_the_child_is_a_setup_problem_not_the_models(fake_onnxruntime, caplog):
     """CUDA fell back to the CPU in the child: the model was not checked on CUDA, and no one is blamed."""
-    caplog.set_level(logging.WARNING, logger="onnxopt.isolation")
+    caplog.set_level(logging.WARNING, logger="onnxopt.runtime.isolation")
     model = conv_stack().SerializeToString()
     result = run_isolated(model, FEEDS, ["cuda"])
     assert not result.ok and not result.crashed and result.unknown and result.error is None
@@ -323,7 +323,7 @@ def test_the_callers_main_module_is_not_run_again(tmp_path):
         import sys
         sys.path.insert(0, {str(REPO)!r})
         import numpy as np
-        from onnxopt.isolation import run_isolated
+        from onnxopt.runtime.isolation import run_isolated
         from tests.quant.models import conv_stack
         print("main ran")
         print(run_isolated(conv_stack().SerializeToString(), {{"x": np.zeros((1, 3, 8, 8), np.float32)}}).ok)

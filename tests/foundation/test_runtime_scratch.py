@@ -9,7 +9,7 @@ import tempfile
 from onnx import TensorProto, helper
 
 from onnxopt import analysis
-from onnxopt.scratch import symbolic_shape_inference
+from onnxopt.runtime.scratch import symbolic_shape_inference
 
 
 def _unknown_op_model():

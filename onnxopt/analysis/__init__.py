@@ -185,7 +185,7 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """onnxruntime's symbolic inference propagates computed shapes (e.g. Pad amounts built
     from Shape/Concat) that onnx's inference leaves unknown."""
-    from onnxopt.scratch import symbolic_shape_inference
+    from onnxopt.runtime.scratch import symbolic_shape_inference
 
     return symbolic_shape_inference(model)
 
