@@ -87,6 +87,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxopt import irutil
+from onnxopt.analysis.shapes import known_shape, static_shapes
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.report import human_count
 
@@ -282,61 +283,6 @@ def single_threaded_blas():
 
 
 # ---------------------------------------------------------------------------- shapes
-
-
-def static_shapes(model: ir.Model, wanted: list[str] | None = None) -> dict[str, tuple[int | None, ...]]:
-    """Value name → shape, with a dynamic leading (batch) dimension of each graph input
-    fixed to 1. ONNX shape inference first; where a ``wanted`` value is still not fully
-    known (e.g. after a ``Pad`` whose pads are computed), onnxruntime's symbolic shape
-    inference, which propagates more data. Best effort: shapes only refine MAC figures."""
-    import onnx
-
-    try:
-        proto = ir.to_proto(model)
-        for tensor in proto.graph.initializer:
-            if len(tensor.raw_data) > 4096:  # shapes need dims, not the weights themselves
-                tensor.ClearField("raw_data")
-        for value in proto.graph.input:
-            dims = value.type.tensor_type.shape.dim
-            if dims and not dims[0].HasField("dim_value"):
-                dims[0].Clear()
-                dims[0].dim_value = 1
-    except Exception as exc:
-        logger.info("cannot serialise the model for shape inference (%s)", exc)
-        return {}
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    try:
-        _collect_shapes(onnx.shape_inference.infer_shapes(proto, data_prop=True), shapes)
-    except Exception as exc:
-        logger.info("ONNX shape inference failed (%s)", exc)
-    initializers = {t.name for t in proto.graph.initializer}
-    static_inputs = all(_known(shapes.get(v.name)) for v in proto.graph.input if v.name not in initializers)
-    # symbolic inference cannot resolve dynamic spatial sizes; only try it when it can help
-    if static_inputs and (wanted is None or any(not _known(shapes.get(name)) for name in wanted)):
-        from onnxopt.runtime.scratch import symbolic_shape_inference
-
-        symbolic = symbolic_shape_inference(proto)
-        if symbolic is not None:
-            found: dict[str, tuple[int | None, ...]] = {}
-            _collect_shapes(symbolic, found)
-            for name, shape in found.items():
-                if _known(shape) and not _known(shapes.get(name)):
-                    shapes[name] = shape
-    return shapes
-
-
-def _collect_shapes(proto, shapes: dict[str, tuple[int | None, ...]]) -> None:
-    graph = proto.graph
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = value.type.tensor_type
-        if value.type.HasField("tensor_type") and tensor_type.HasField("shape"):
-            shapes[value.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                                       for d in tensor_type.shape.dim)
-
-
-def _known(shape: tuple[int | None, ...] | None, rank: int | None = None) -> bool:
-    return (shape is not None and (rank is None or len(shape) == rank)
-            and all(isinstance(d, int) and d > 0 for d in shape))
 
 
 def conv_out_hw(attrs: irutil.ConvAttributes, in_hw: tuple[int, int]) -> tuple[int, int] | None:
@@ -543,7 +489,7 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
         bias = node.inputs[2] if len(node.inputs) > 2 else None
         layer = Layer(node, name, "conv", w_value, W, bias, conv=attrs)
         x_shape = shapes.get(node.inputs[0].name)
-        if _known(x_shape, 4):
+        if known_shape(x_shape, 4):
             layer.in_hw = (int(x_shape[2]), int(x_shape[3]))
             layer.out_hw = conv_out_hw(attrs, layer.in_hw)
             if layer.out_hw is None:
@@ -575,12 +521,12 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
             Wm = B.T if attributes["transB"] else B
             bias = node.inputs[2] if len(node.inputs) > 2 else None
             rows = None
-            if _known(a_shape, 2):
+            if known_shape(a_shape, 2):
                 rows = int(a_shape[1] if attributes["transA"] else a_shape[0])
             layer = Layer(node, name, "gemm", w_value, Wm, bias, rows=rows, attributes=attributes)
         else:
             rows = None
-            if a_shape is not None and len(a_shape) >= 2 and _known(a_shape[:-1]):
+            if a_shape is not None and len(a_shape) >= 2 and known_shape(a_shape[:-1]):
                 rows = math.prod(int(d) for d in a_shape[:-1])
             elif a_shape is not None and len(a_shape) == 1:
                 rows = 1

@@ -837,7 +837,8 @@ class _Search:
         run of the model on the first batch with those values as extra outputs. Without concrete input shapes: the
         dynamic batch fixed to 1, other dynamic dimensions unknown (as before)."""
         import onnx
-        from onnxopt.passes._decompose import _collect_shapes, _known, static_shapes
+
+        from onnxopt.analysis.shapes import collect_shapes, known_shape, static_shapes
 
         fixed, feeds = self._input_shapes()
         info = self.report.figures["layer_shapes"]
@@ -855,12 +856,12 @@ class _Search:
         shapes: dict[str, tuple[int | None, ...]] = {}
         how = ["ONNX shape inference"]
         try:
-            _collect_shapes(onnx.shape_inference.infer_shapes(light, data_prop=True), shapes)
+            collect_shapes(onnx.shape_inference.infer_shapes(light, data_prop=True), shapes)
         except Exception as exc:
             logger.info("auto: ONNX shape inference failed (%s)", exc)
         # what ONNX shape inference leaves unknown comes from one run of the model (exact, and
         # cheaper than onnxruntime's symbolic inference on the models that need it)
-        missing = [name for name in dict.fromkeys(wanted) if not _known(shapes.get(name))]
+        missing = [name for name in dict.fromkeys(wanted) if not known_shape(shapes.get(name))]
         if missing:
             ran = self._run_for_shapes(missing, fixed, feeds)
             if ran:
