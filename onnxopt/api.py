@@ -291,9 +291,17 @@ def prepare_context(
             io.runnable_bytes(original), calibration, evaluation, budget,
             target=target, batch_size=batch_size, labels=labels,
         )
+        context.search = _run_search
         notes.append(f"search budget: {', '.join(f'{k}={v:g}' for k, v in budget.to_dict().items() if v is not None)}"
                      f" on {target}")
     return context, evaluation, notes
+
+
+def _run_search(*args, **kwargs):
+    """The search engine a search pass hands its model to (imported on first use)."""
+    from onnxopt.search import run_search
+
+    return run_search(*args, **kwargs)
 
 
 def load(source: str | os.PathLike) -> onnx.ModelProto:

@@ -94,6 +94,9 @@ class PassContext:
     jobs: int = 1
     providers: tuple[str, ...] = ("cpu",)
     evaluator: CandidateEvaluator | None = None
+    # search(model, options, context, report) -> PassResult: the engine behind a search pass (``auto``);
+    # set by the API (onnxopt.search lives above the passes, which never import it)
+    search: Callable[..., Any] | None = None
     time_budget: float | None = None  # seconds a search pass may spend
     save_config: str | None = None  # where a search pass writes the plain pipeline it found
     input_shapes: dict[str, tuple[int, ...]] | None = None  # --input-shape: concrete shapes the user gave
