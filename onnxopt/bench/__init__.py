@@ -2,8 +2,8 @@
 
 ``latency`` measures whole-model latency (one model, or an A/B comparison interleaved in
 one process); ``profile`` attributes time to the graph's nodes with onnxruntime's
-profiler. Both depend on onnxruntime only (through ``onnxopt.runtime``), never on
-the passes.
+profiler, whose trace ``trace`` maps back onto the graph. They depend on onnxruntime only
+(through ``onnxopt.runtime``), never on the passes.
 """
 
 from __future__ import annotations

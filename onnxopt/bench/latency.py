@@ -1,46 +1,15 @@
 """Whole-model latency and memory, for one model or an A/B comparison in one process.
 
-Why it is measured this way:
-
-* Sessions are created once, before any timing, and every model is warmed up (the first
-  runs pay for memory-arena growth, kernel selection and cache misses).
-* With several models the timed runs are *interleaved* — round ``i`` runs every model
-  once, and the order rotates each round (A B, B A, A B, … for two models). Load from other
-  processes, CPU frequency changes and thermal drift then hit all models alike, so their
-  ratio is far more stable than two back-to-back measurements, and a model is never
-  systematically the one that runs "second".
-* Statistics use the median (robust to the occasional scheduler hiccup); the mean, the
-  spread and the tail percentiles are reported beside it.
-* The speedup of model ``k`` over the baseline (model 0) is ``median_0 / median_k``: above
-  1 means model ``k`` is faster. Its uncertainty is given two ways, both from the paired
-  per-round ratios ``t_0[i] / t_k[i]``:
-
-  - ``ratio_p10`` / ``ratio_p90``: the 10th and 90th percentiles of the per-round ratios —
-    how much a single A/B measurement scatters; ``ratio_p50``, their median, is the paired
-    estimate (steadier than the ratio of medians on a loaded machine);
-  - ``ci95``: a 95 % paired bootstrap confidence interval of the ratio of medians
-    (rounds resampled with replacement, 2000 resamples, fixed seed) — how precisely the
-    reported speedup itself is known.
-
-* With several models, onnxruntime's intra- and inter-op thread pools do not *spin*
-  (``session.intra_op.allow_spinning = 0``, :data:`NO_SPINNING`): a spinning pool keeps
-  its threads busy-waiting for a while after each run, so on a machine with few cores
-  the session that runs next shares them with the previous session's spinning threads.
-  Measured on a 2-core machine, ResNet-20 against a byte copy of itself with the default
-  threads: per-round ratios spread 0.08–11.9 (p10–p90) with spinning, 0.82–1.14 without,
-  and one run in four reported a "speedup" of 0.60×. ``spinning=True`` restores
-  onnxruntime's default; a single model keeps it.
-* ``target_ci``: after ``runs`` rounds and ``min_time`` seconds, keep running rounds until
-  the 95 % bootstrap interval of every speedup is at most ``target_ci`` wide relative to
-  the speedup (0.02: ± 1 %), or until ``max_time`` seconds of timed rounds have passed.
-  :attr:`BenchResult.stop_reason` says which happened.
-
-* On CUDA the inputs are bound on the device once (IO binding) and outputs stay on the
-  device, with a synchronisation after each run, so the timing is the model, not the
-  host-device copies.
-* Memory: the process's peak resident set size (``resource.getrusage``; it covers the whole
-  process, including everything loaded before the benchmark) and, on Linux, how much the
-  resident set grew while each model's session was created and warmed up.
+Sessions are created once and warmed up before any timing. With several models the timed
+rounds are *interleaved* (round ``i`` runs every model once, the order rotating), so load
+and frequency drift hit all models alike; their thread pools do not spin
+(:data:`NO_SPINNING`), so one session's idle threads do not steal the next one's cores.
+Statistics use the median. The speedup of model ``k`` is ``median_0 / median_k`` (above 1:
+faster), with the 10th/50th/90th percentiles of the paired per-round ratios and a 95 %
+paired bootstrap interval of the ratio of medians; ``target_ci`` keeps sampling until that
+interval is narrow enough or ``max_time`` passes (:attr:`BenchResult.stop_reason`). On CUDA
+inputs are bound on the device once (IO binding). Memory: the process's peak resident set
+and, on Linux, its growth while each session was created and warmed up.
 """
 
 from __future__ import annotations
@@ -163,8 +132,7 @@ class Comparison:
     ratio_p90: float
     ci95: tuple[float, float]
     # median of the per-round ratios: the paired estimate. On a loaded machine it scatters
-    # less than the ratio of medians (per round, load hits both models alike); measured on
-    # 2 busy cores, YOLO A/A' over 8 runs of 50 rounds: 0.964–1.042 against 0.954–1.151.
+    # less than the ratio of medians (per round, load hits both models alike).
     ratio_p50: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:

@@ -6,26 +6,10 @@ never imported by passes. Importing this package is cheap: no onnxruntime, no Pi
 
 from __future__ import annotations
 
+from onnxopt.analysis.inputs import InputInfo, model_inputs, parse_input_shapes, resolve_shapes
 from onnxopt.validate.compare import CompareResult, CompareRow, compare_models, compare_providers
-from onnxopt.validate.inputs import (
-    Batch,
-    DataSource,
-    InputInfo,
-    model_inputs,
-    open_data,
-    parse_input_shapes,
-    random_source,
-    resolve_shapes,
-)
-from onnxopt.validate.metrics import (
-    MetricsAccumulator,
-    OutputAccumulator,
-    OutputMetrics,
-    Tolerances,
-    check_gate,
-    compute_metrics,
-    load_labels,
-)
+from onnxopt.validate.data import load_labels, open_data
+from onnxopt.validate.metrics import MetricsAccumulator, OutputAccumulator, compute_metrics
 from onnxopt.validate.preprocess import (
     PRESETS,
     ImagePipeline,
@@ -33,6 +17,8 @@ from onnxopt.validate.preprocess import (
     image_pipeline,
     parse_preprocess,
 )
+from onnxopt.validate.sources import Batch, DataSource, random_source
+from onnxopt.validate.tolerances import OutputMetrics, Tolerances, check_gate
 
 __all__ = [
     "PRESETS",

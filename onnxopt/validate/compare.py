@@ -1,21 +1,14 @@
 """Run two models (or one model on two providers) on the same data and measure the gap.
 
-This is the numerical half of every validation: ``onnxopt compare`` calls it directly, and
-``onnxopt optimize`` calls it as its gate (original = reference, optimized = candidate).
-Sessions are created once per (model, provider) through
-:mod:`onnxopt.runtime`; each batch from the :class:`DataSource` is fed to
-every session, and the outputs go straight into streaming accumulators
-(:mod:`onnxopt.validate.metrics`, with the batch's feeds: they tell a sequence model's
-outputs apart and mask its padding), so memory stays at one batch of outputs (plus at
-most 2,000 samples' sentence embeddings per embedding output, for their pairwise Spearman).
-
-Feeds are cast to each session's declared input type when it differs from the source's
-(e.g. a candidate whose inputs were converted to float16), with a note in the result.
-
-With ``self_check`` the reference runs the first batch a second time, and
-``CompareResult.reference_self_difference`` holds, per output, the relative L2 difference
-between its two runs: a model with random operators disagrees with itself, and then the
-metrics measure its noise (the gate uses this; see :mod:`onnxopt.validate.nondeterminism`).
+``onnxopt compare`` calls it directly and ``onnxopt optimize`` as its gate (original =
+reference, optimized = candidate). Sessions are created once per (model, provider) through
+:mod:`onnxopt.runtime`; each batch of the :class:`~onnxopt.validate.sources.DataSource` is
+fed to every session and the outputs go straight into streaming accumulators
+(:mod:`onnxopt.validate.metrics`), so memory stays at one batch of outputs. Feeds are cast
+to each session's declared input type where it differs (a float16 candidate), with a note.
+With ``self_check`` the reference runs the first batch twice and
+``CompareResult.reference_self_difference`` holds, per output, the relative L2 difference of
+the two runs (:mod:`onnxopt.validate.nondeterminism`).
 """
 
 from __future__ import annotations
@@ -29,9 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.inputs import DataSource
-from onnxopt.validate.metrics import MetricsAccumulator, OutputMetrics, Tolerances, check_gate
+from onnxopt.runtime import first_line
+from onnxopt.validate.metrics import MetricsAccumulator
 from onnxopt.validate.nondeterminism import self_check_provider
+from onnxopt.validate.sources import DataSource
+from onnxopt.validate.tolerances import OutputMetrics, Tolerances, check_gate
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +131,6 @@ def _default_name(model, fallback: str) -> str:
     return os.fspath(model) if isinstance(model, str | os.PathLike) else fallback
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    line = text.splitlines()[0] if text else type(error).__name__
-    return line[:300]
-
-
 class _Runner:
     """Sessions (created on first use, once) and one batch's outputs, per (slot, provider)."""
 
@@ -163,7 +152,7 @@ class _Runner:
     def session(self, slot: str, provider: str):
         key = (slot, provider)
         if key not in self.sessions:
-            from onnxopt.runtime import create_session
+            from onnxopt.runtime import create_session  # looked up per call: tests count sessions
 
             logger.debug("creating the %s session on %s", self.labels[slot], provider)
             session = create_session(self.models[slot], provider, threads=self.threads, config=self.configs.get(slot))
@@ -189,7 +178,7 @@ class _Runner:
         except Exception as error:  # onnxruntime raises several unrelated types
             first = ids[0] if ids else "?"
             raise InputError(
-                f"the {self.labels[slot]} failed on {provider} (batch starting at sample {first}): {_first_line(error)}"
+                f"the {self.labels[slot]} failed on {provider} (batch starting at sample {first}): {first_line(error)}"
             ) from error
         return dict(zip(names, values, strict=True))
 

@@ -1,49 +1,15 @@
 """Measurement services for search passes: score candidates and time them, on two splits.
 
-:class:`SplitEvaluator` implements :class:`onnxopt.passbase.CandidateEvaluator`, the
-contract through which a search pass (``auto``) measures what it tries without importing
-``onnxopt.validate`` or ``onnxopt.bench``. The caller builds it from ``--data`` split in
-two disjoint parts — *search* (the calibration part: every decision of the search is taken
-on it) and *holdout* (the evaluation part: the final answer is checked on it, so the budget
-is proved on samples the search never saw) — the tolerances as the budget, and the target
-provider.
-
-Why it is built this way:
-
-* The original model runs **once per split**: a search scores hundreds of candidates against
-  the same reference, so its outputs are computed on first use and cached, and so are the
-  input batches (decoding and resizing 100 JPEGs costs about a second each time). Memory
-  is bounded: the cache holds, per split, ``samples × (Σ input sizes + Σ output sizes)``
-  bytes (e.g. 100 images at 3×416×416 float32 plus a [3549, 6] output: ≈ 216 MB; 100
-  CIFAR images and 10 logits: 1.2 MB) up to ``max_cache_bytes`` (default 1 GiB, shared by
-  both splits); batches past the bound are streamed from the source and the reference is
-  recomputed for them on every score (``details["cached_batches"]`` says how many were
-  cached). The original's session is kept; a candidate's session lives for one score.
-* A candidate that onnxruntime cannot load or run is a failed score with the reason, not
-  an exception: a search declines it and goes on.
-* ``value`` is the *budgeted* metric, larger is better: the worst output's top-1 agreement
-  when ``min_agreement`` is set, else its worst-sample cosine when ``min_cosine`` is set,
-  else minus its relative L2 error. ``details["threshold"]`` is the budget on the same
-  scale (so a search can share the budget between two lossy steps), and
-  ``details["rel_l2_error"]`` is the continuous error a search can rank candidates by
-  when the budgeted metric is coarse (agreement over 100 samples moves in steps of 0.01).
-* ``score(..., limit=N)`` scores on the first N samples of the split only (an extension
-  of the protocol: a search uses it for cheap per-layer sensitivities and verifies on the
-  whole split).
-* :meth:`latency` times models interleaved in one process (``onnxopt.bench.latency``) on
-  the target provider, fed with the first search batch; inputs that batch does not have
-  (a single-layer model a search extracts from the graph) get seeded random data at the
-  model's declared static shape. ``statistic="min"`` (an extension of the protocol)
-  returns each model's fastest run: interference from other processes only ever adds
-  time, and on this shared 2-core machine it pushed single models' medians up 3× in some
-  measurements and not others, while the minima stayed within a few percent.
-* Sessions use **one intra-op thread** by default (``threads=1``). Measured here (2 cores,
-  onnxruntime 1.31, other jobs running): interleaved sessions with onnxruntime's default
-  spinning thread pools disturb each other — two *identical* single-conv models timed
-  2.0 ms and 14 ms in one interleaved measurement, three copies 2.1/2.1/17.7 ms — while
-  with one thread (or spinning off) all copies agreed within 5 %; and a single session of
-  the YOLO detector ran 44 ms on one thread against 85 ms on two while the machine was
-  busy. One thread gives stable ratios, which is what a search compares.
+:class:`SplitEvaluator` implements :class:`onnxopt.passbase.CandidateEvaluator`, through
+which a search measures what it tries without importing ``onnxopt.validate`` or
+``onnxopt.bench``. It is built from ``--data`` split in two disjoint parts — *search* (every
+decision is taken on it) and *holdout* (the final answer is checked on it) — the
+tolerances as the budget, and the target provider. The original runs once per split (its
+outputs and the input batches are cached up to ``max_cache_bytes``); a candidate that
+onnxruntime cannot load or run is a failed score with the reason, not an exception.
+``value`` is the budgeted metric, larger is better (worst top-1 agreement, else worst-sample
+cosine, else minus the relative L2 error); :meth:`SplitEvaluator.latency` times models
+interleaved (``onnxopt.bench.latency``), one intra-op thread by default for stable ratios.
 """
 
 from __future__ import annotations
@@ -57,12 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from onnxopt.errors import InputError, OnnxoptError, one_line
+from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.io import runnable_bytes
 from onnxopt.passbase import CandidateScore
+from onnxopt.runtime import create_session, first_line
 from onnxopt.validate.compare import ORT_INPUT_TYPES as _ORT_TYPES
-from onnxopt.validate.inputs import DataSource
-from onnxopt.validate.metrics import MetricsAccumulator, OutputMetrics, Tolerances, check_gate
+from onnxopt.validate.metrics import MetricsAccumulator
+from onnxopt.validate.sources import DataSource
+from onnxopt.validate.tolerances import OutputMetrics, Tolerances, check_gate
 
 if TYPE_CHECKING:
     import onnx
@@ -74,10 +42,6 @@ DEFAULT_MAX_CACHE_BYTES = 1 << 30
 DEFAULT_LATENCY_RUNS = 30
 LATENCY_WARMUP = 3
 RANDOM_FEED_SEED = 0
-
-def _first_line(error: BaseException) -> str:
-    return one_line(error)
-
 
 class _CachedBatch:
     __slots__ = ("feeds", "ids", "reference")
@@ -167,8 +131,6 @@ class SplitEvaluator:
     # ------------------------------------------------------------------ reference
 
     def _session(self, model: bytes):
-        from onnxopt.runtime import create_session
-
         return create_session(model, self.target, threads=self.threads)
 
     def _reference(self):
@@ -211,7 +173,13 @@ class SplitEvaluator:
 
     def score(self, model: onnx.ModelProto | bytes, split: Split = "search", *,
               limit: int | None = None) -> CandidateScore:
-        """How ``model`` does against the original on ``split`` (its first ``limit`` samples)."""
+        """How ``model`` does against the original on ``split`` (its first ``limit`` samples).
+
+        ``limit`` extends the protocol: a search scores per-layer sensitivities cheaply on a
+        few samples and verifies on the whole split. ``details["threshold"]`` is the budget
+        on the scale of ``value`` (so a search can share it between two lossy steps);
+        ``details["rel_l2_error"]`` the continuous error to rank candidates by where the
+        budgeted metric is coarse (agreement over 100 samples moves in steps of 0.01)."""
         if split not in self.splits:
             raise ValueError(f"split must be 'search' or 'holdout', got {split!r}")
         start = time.perf_counter()
@@ -242,7 +210,7 @@ class SplitEvaluator:
         except InputError:
             raise
         except Exception as exc:  # onnxruntime raises several unrelated types
-            return self._failed(f"the candidate failed to run: {_first_line(exc)}", split_info, start)
+            return self._failed(f"the candidate failed to run: {first_line(exc)}", split_info, start)
         del session
         split_info["samples"] = samples
         metrics = accumulator.result()
@@ -310,7 +278,11 @@ class SplitEvaluator:
     def latency(self, models: list[onnx.ModelProto | bytes], runs: int | None = None, *,
                 statistic: Literal["median", "min"] = "median") -> list[float]:
         """Median (or ``statistic="min"``: fastest) seconds per run of each model, measured
-        interleaved on the target provider with ``threads`` intra-op threads.
+        interleaved on the target provider with ``threads`` intra-op threads, fed with the
+        first search batch (seeded random data at the declared static shape for inputs it
+        lacks, e.g. a single layer a search extracts). ``statistic="min"`` extends the
+        protocol: interference from other processes only ever adds time, so on a busy
+        machine the fastest run is the steadier figure.
 
         A model that onnxruntime cannot load or run gets ``inf`` (and a log line)."""
         from onnxopt.bench.latency import bench_models

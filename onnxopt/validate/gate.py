@@ -1,56 +1,20 @@
 """The validation gate of ``optimize``: the optimized model must match the original.
 
-Default tolerances depend on what the pipeline contains and on the inputs (overridable
-with the same flags as ``compare``; any flag replaces the whole default):
+Default tolerances (:func:`default_tolerances`) depend on the pipeline and the inputs; any
+``compare`` tolerance flag replaces the whole default:
 
 * only lossless passes: relative L2 error ≤ 1e-4 per output;
-* ``fp16`` the only lossy pass: cosine ≥ 0.999 on every sample, and every attribute
-  channel of a detection-like output ≥ 0.999 (half precision alone loses about three
-  decimal digits on every input: its worst sample was 0.9999 on all five models, and the
-  worst-sample bound caught two planted regressions the percentile let through);
-* other lossy passes, with ``--data``: 5th-percentile per-sample cosine ≥ 0.98, every
-  attribute channel of a detection-like output ≥ 0.99, and for embedding outputs of
-  sequence models (``[batch, dim]``, see :mod:`onnxopt.validate.metrics`) the Spearman
-  correlation of the two models' pairwise similarities ≥ 0.99;
-* other lossy passes on random inputs (no ``--data``): the same statistics ≥ 0.95. Random
-  inputs say little about accuracy (a decomposition that kept cosine 0.99 on noise lost
-  9 points of agreement on photos; int8 does worse on noise than on photos), so this
-  bound only catches gross breakage, and a refusal says to add ``--data``. No Spearman
-  bound: over the 28 pairs of 8 random token sequences, int8-dynamic per channel (a good
-  result, 0.997 on sentences) measured 0.98.
+* ``fp16`` the only lossy pass: worst-sample cosine ≥ 0.999, attribute channels ≥ 0.999;
+* other lossy passes with ``--data``: 5th-percentile cosine ≥ 0.98, attribute channels of a
+  detection-like output ≥ 0.99, embedding outputs' pairwise Spearman ≥ 0.99;
+* other lossy passes on random inputs: the same statistics ≥ 0.95 and no Spearman bound
+  (random inputs only catch gross breakage; a refusal says to add ``--data``).
 
-Whatever the tolerances, an integer output that differs in any element fails (token ids
-and masks a model passes through must come out unchanged).
-
-Chosen by ``benchmarks/gate_defaults.py`` (README, "The validation gate", has its table):
-on 100 photos and on the gate's 8 random samples these pass every good result measured —
-int8 of four classifiers with the numerics of both CPU kinds, fp16, decompositions with
-refit — and catch every planted regression that harms the result (a sign-flipped layer, a
-dropped activation, int8 calibrated on the wrong preprocessing, a decomposition that
-destroyed a detector's score channels). Why not the worst sample (the default before):
-it decides on one input, and more data makes it lower (MobileNetV2 int8, agreement 0.96:
-worst sample 0.985 on 100 photos, 0.968 on 400), so good int8 was refused. Why not top-1
-agreement: it needs [N, classes] outputs, moves by a point between equal runs, and the
-cosine percentile caught every harmful regression the agreement did. Why a channel bound:
-a YOLO output mixes pixel coordinates with 0..1 scores, and the whole-output cosine (0.99
-with a dropped activation, 0.95 with destroyed scores) hardly sees the scores.
-
-The Spearman bound for embeddings comes from ``benchmarks/sequence_gate.py`` (README has
-its table): on paraphrase-MiniLM-L3 and 200 sentences, the harmless results — fp16,
-int8-dynamic per channel, 1–10 % weight noise, a bypassed last LayerNorm — kept ≥ 0.9971;
-every harmful one (the nearest neighbour of > 10 % of the sentences changed: per-tensor
-int8-dynamic, sign flips, bypassed LayerNorms, swapped attention heads) fell to ≤ 0.9773.
-There the cosine percentile (padding excluded) already refused every harmful result, so
-the bound changed no verdict; it checks what a retrieval user relies on, the ranking.
-
-Before judging, the original runs twice on the first batch (on the CPU, where kernels
-repeat bit for bit): a model with random operators disagrees with itself and is judged
-with those operators seeded in copies of both models, or refused with the reason
-(:mod:`onnxopt.validate.nondeterminism`) — never a verdict on noise. A model that
-disagrees with itself without a known random operator is judged as usual, with a note.
-
-With ``--bench``, latency before/after is measured interleaved (A B A B …) in one process
-on the first provider with one intra-op thread (a stable ratio), and ``min_speedup`` turns a ratio below it into a gate failure.
+An integer output that differs fails whatever the tolerances. The bounds come from
+``benchmarks/gate_defaults.py`` and ``benchmarks/sequence_gate.py`` (``benchmarks/RESULTS.md``).
+The original first runs twice on one batch: a model with random operators is judged with
+them seeded, or refused (:mod:`onnxopt.validate.nondeterminism`). With ``--bench``, latency
+is measured interleaved with one intra-op thread; ``min_speedup`` fails a lower ratio.
 """
 
 from __future__ import annotations
@@ -61,8 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxopt.validate.inputs import DataSource
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.sources import DataSource
+from onnxopt.validate.tolerances import Tolerances
 
 logger = logging.getLogger(__name__)
 
@@ -249,7 +213,7 @@ def _bench(original: bytes, optimized: bytes, settings: GateSettings) -> dict[st
     batch = next(iter(settings.source.batches(settings.batch_size)))
     provider = settings.providers[0]
     # One intra-op thread: interleaved sessions with onnxruntime's default thread pools
-    # disturb each other on a busy machine (identical models measured 2 ms vs 14 ms).
+    # disturb each other on a busy machine.
     result = bench_models(
         [original, optimized], batch.feeds, provider=provider, runs=settings.bench_runs,
         labels=["original", "optimized"], threads=1,

@@ -1,27 +1,17 @@
 """Models whose outputs are random: find their random operators and seed them.
 
-A TTS export that adds ``RandomNormalLike`` noise gives different outputs on every run,
-so comparing it with an optimized copy measures the noise, not the optimization (a
-lossless ``simplify`` was refused at relative error 1.04). The gate therefore runs the
-original twice on the same inputs first (:func:`onnxopt.validate.compare.compare_models`
-with ``self_check``); when it disagrees with itself, :func:`random_ops` names the cause
-and :func:`seed_random_ops` gives copies of both models in which every random operator
-carries the same ``seed`` attribute. Seeded, onnxruntime starts each operator's stream at
-the same point in every new session, so the two models draw the same numbers on the same
-batches in the same order (within one session consecutive runs still differ: the stream
-goes on).
+A model with e.g. ``RandomNormalLike`` noise gives different outputs on every run, so
+comparing it with an optimized copy measures the noise. The gate runs the original twice on
+the same inputs first (:func:`onnxopt.validate.compare.compare_models` with ``self_check``,
+on the CPU: :func:`self_check_provider`); when it disagrees with itself, :func:`random_ops`
+names the cause and :func:`seed_random_ops` gives copies of both models in which every
+random operator carries the same ``seed``: onnxruntime then starts each operator's stream
+at the same point in every new session. A model that disagrees with itself without a
+random operator is judged as usual, with a note.
 
-The self-check runs on the CPU (:func:`self_check_provider`): onnxruntime's CPU kernels
-repeat bit for bit, while GPU kernels that accumulate with atomics may differ from run
-to run by more than :data:`SELF_TOLERANCE` in a deterministic model. A model that
-disagrees with itself without a random operator is judged as usual, with a note: the
-cause is not known, and refusing it would refuse a model that may be fine.
-
-Random operators of the default domain: ``RandomNormal``, ``RandomNormalLike``,
-``RandomUniform``, ``RandomUniformLike``, ``Multinomial``, ``Bernoulli`` (all take
-``seed``), and ``Dropout`` in training mode (a ``training_mode`` input that is not a
-constant false; ``seed`` from opset 12). Operators of other domains whose type says
-random or dropout cannot be seeded here.
+Random operators of the default domain: ``RandomNormal(Like)``, ``RandomUniform(Like)``,
+``Multinomial``, ``Bernoulli`` (all take ``seed``), and ``Dropout`` in training mode
+(``seed`` from opset 12). Operators of other domains cannot be seeded here.
 """
 
 from __future__ import annotations

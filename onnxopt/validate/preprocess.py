@@ -1,35 +1,14 @@
 """Image preprocessing for validation and calibration data: ``--preprocess SPEC``.
 
 A SPEC is an optional preset name followed by ``key=value`` tokens separated by spaces
-(values hold no spaces; lists use commas)::
-
-    resize=256 crop=224 mean=123.675,116.28,103.53 std=58.395,57.12,57.375 layout=nchw color=rgb
-    imagenet layout=nhwc          # a preset with an override
-
-Keys
-    ``resize=N``      resize the short side to N (bilinear), then
-    ``crop=N|HxW``    centre-crop to N×N or H×W. Without ``crop`` the model input's fixed
-                      H×W is used; without ``resize`` the image is scaled so that it just
-                      covers the crop (short side = crop). If a resized image is smaller
-                      than the crop in one direction it is scaled up to cover it.
-    ``mean=..., std=...``  one value or one per channel, in 0..255 pixel units:
-                      ``x = (pixel − mean) / std``. Torch style is mean 123.675,… std
-                      58.395,…; ``(x−127)/128`` is mean 127 std 128; 0..1 is mean 0 std
-                      255; raw pixels are mean 0 std 1.
-    ``color=rgb|bgr|gray``  channel order (gray = one channel). Default: from the model's
-                      channel count (1 → gray, 3 → rgb).
-    ``layout=nchw|nhwc``    default: from the model's input, channels-last when its last
-                      dim is 1 or 3 and dim 1 is not.
-
-Presets: ``imagenet`` (resize 256, crop 224, torch mean/std, rgb, nchw), ``tf127``
-(mean 127, std 128), ``raw255`` (mean 0, std 1), ``caffe`` (bgr, mean 104,117,123,
-std 1). Without any SPEC the geometry and colour come from the model and pixels are
-scaled to 0..1 (mean 0, std 255), with a warning.
-
-The geometry follows torchvision (``Resize`` short side ``int(N·long/short)``,
-``CenterCrop`` offsets ``round((size−crop)/2)``) on Pillow's bilinear resize, so a torch
-model's published accuracy is reproduced. Output is float32, cast to the model input's
-dtype by the data source.
+(``resize``, ``crop``, ``mean``, ``std``, ``color``, ``layout``; :func:`parse_preprocess`
+says what each does), e.g. ``imagenet layout=nhwc``. Without any SPEC the geometry and
+colour come from the model and pixels are scaled to 0..1, with a warning.
+:func:`image_pipeline` resolves a SPEC against the model's input into an
+:class:`ImagePipeline`. The geometry follows torchvision (``Resize`` short side
+``int(N·long/short)``, ``CenterCrop`` offsets ``round((size−crop)/2)``) on Pillow's
+bilinear resize, so a torch model's published accuracy is reproduced. Output is float32,
+cast to the model input's dtype by the data source.
 """
 
 from __future__ import annotations
@@ -44,7 +23,7 @@ import numpy as np
 from onnxopt.errors import InputError, UsageError
 
 if TYPE_CHECKING:
-    from onnxopt.validate.inputs import InputInfo
+    from onnxopt.analysis.inputs import InputInfo
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +93,34 @@ def _floats(key: str, text: str, spec: str) -> tuple[float, ...]:
 
 
 def parse_preprocess(spec: str) -> PreprocessSpec:
-    """Parse a SPEC (see the module docstring); UsageError naming the problem."""
+    """Parse a SPEC; UsageError naming the problem.
+
+    A SPEC is an optional preset name followed by ``key=value`` tokens separated by spaces
+    (values hold no spaces; lists use commas)::
+
+        resize=256 crop=224 mean=123.675,116.28,103.53 std=58.395,57.12,57.375 layout=nchw color=rgb
+        imagenet layout=nhwc          # a preset with an override
+
+    Keys
+        ``resize=N``      resize the short side to N (bilinear), then
+        ``crop=N|HxW``    centre-crop to N×N or H×W. Without ``crop`` the model input's fixed
+                          H×W is used; without ``resize`` the image is scaled so that it just
+                          covers the crop (short side = crop). If a resized image is smaller
+                          than the crop in one direction it is scaled up to cover it.
+        ``mean=..., std=...``  one value or one per channel, in 0..255 pixel units:
+                          ``x = (pixel − mean) / std``. Torch style is mean 123.675,… std
+                          58.395,…; ``(x−127)/128`` is mean 127 std 128; 0..1 is mean 0 std
+                          255; raw pixels are mean 0 std 1.
+        ``color=rgb|bgr|gray``  channel order (gray = one channel). Default: from the model's
+                          channel count (1 → gray, 3 → rgb).
+        ``layout=nchw|nhwc``    default: from the model's input, channels-last when its last
+                          dim is 1 or 3 and dim 1 is not.
+
+    Presets: ``imagenet`` (resize 256, crop 224, torch mean/std, rgb, nchw), ``tf127``
+    (mean 127, std 128), ``raw255`` (mean 0, std 1), ``caffe`` (bgr, mean 104,117,123,
+    std 1). Without any SPEC the geometry and colour come from the model and pixels are
+    scaled to 0..1 (mean 0, std 255), with a warning.
+    """
     tokens = spec.split()
     if not tokens:
         raise UsageError("empty --preprocess: give a preset (" + ", ".join(PRESETS) + ") or key=value tokens")
@@ -229,7 +235,7 @@ def image_pipeline(
     InputError with one line when the model input cannot take images or disagrees with the
     SPEC (channels, fixed H×W), or when the H×W cannot be known.
     """
-    from onnxopt.validate.inputs import detect_channels_last
+    from onnxopt.analysis.inputs import detect_channels_last
 
     model_shape = info.shape
     where = f"input '{info.name}' {info.shape_str()}"

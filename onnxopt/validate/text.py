@@ -1,40 +1,17 @@
 """Text data: one text per line, tokenized with a Hugging Face ``tokenizer.json``.
 
 ``--data sentences.txt --preprocess "tokenizer=tokenizer.json max_length=128"`` feeds a
-sequence model (BERT, sentence-transformers, …) the way its users hold their data: plain
-text. Each non-blank line of the UTF-8 file is one sample; blank lines are skipped. The
-``tokenizers`` library reads the tokenizer (its normalizer, pre-tokenizer, model and
-post-processor, e.g. BERT's lower-casing, WordPiece and ``[CLS] … [SEP]``), then every text
-is truncated and padded to ``max_length`` tokens.
-
-The ``--preprocess`` SPEC for text takes two keys (a quoted value may hold spaces):
-
-    ``tokenizer=PATH``  the tokenizer.json (or a folder holding one); required;
-    ``max_length=N``    tokens per text. Default: the model's fixed sequence dimension, else
-                        ``--input-shape`` (e.g. ``input_ids:1x64``), else 128.
-
-The model's integer inputs are filled by name (lower case, a TensorFlow ``:0`` suffix
-ignored): token ids (``input_ids``, ``ids``, ``tokens``, ``input``, …), the attention mask
-(``attention_mask``, ``mask``, ``*_mask``: 1 for tokens, 0 for padding; integer, bool or
-float), token type ids
-(``token_type_ids``, ``segment_ids``, ``type_ids``, …) and position ids (``position_ids``:
-0 … max_length − 1). A single integer input matching none of these names is taken as the
-token ids. Each array is cast to the dtype the model declares (int32 or int64).
-
-One-line errors (exit 2) instead of tracebacks: a model without an integer token-id input
-(text for an image model), an input text cannot fill, a missing or malformed tokenizer
-file, a tokenizer whose vocabulary exceeds the model's embedding table (the rows of the
-``Gather`` its token ids index, :attr:`~onnxopt.validate.inputs.InputInfo.index_high`: it
-is another model's tokenizer, and its ids would index past the table), a ``max_length``
-that disagrees with a fixed sequence dimension, an empty file (or only blank lines), a
-file that is not UTF-8.
-
-Texts longer than ``max_length`` tokens are truncated (the usual practice for these
-models); the source's :attr:`~TextSource.description` counts them, so reports say how many
-samples were cut.
-
-Streaming: only the byte offsets of the non-blank lines are kept in memory; a batch reads
-its lines and tokenizes them when it is iterated.
+sequence model (BERT, sentence-transformers, …) plain text: each non-blank line of the
+UTF-8 file is one sample. The ``tokenizers`` library reads the tokenizer (normalizer,
+pre-tokenizer, model, post-processor), then every text is truncated and padded to
+``max_length`` tokens (:func:`parse_text_preprocess`); the model's integer inputs are
+filled by name: token ids, attention mask, token type ids, position ids
+(:func:`assign_roles`). Problems are one-line errors (exit 2): a model without a token-id
+input, a missing or malformed tokenizer, a vocabulary larger than the model's embedding
+table (:attr:`~onnxopt.analysis.inputs.InputInfo.index_high`), a ``max_length`` against a
+fixed sequence dimension, an empty or non-UTF-8 file. Texts longer than ``max_length`` are
+truncated and counted in :attr:`TextSource.description`. Streaming: only the byte offsets of
+the lines are kept in memory; a batch reads and tokenizes its lines when iterated.
 """
 
 from __future__ import annotations
@@ -48,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxopt.analysis.inputs import InputInfo, base_name
 from onnxopt.errors import InputError, UsageError, one_line
-from onnxopt.validate.inputs import DataSource, InputInfo, _base_name
+from onnxopt.validate.sources import DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +37,9 @@ DEFAULT_MAX_LENGTH = 128
 #: Lines tokenized at once when only the truncation count is wanted.
 _COUNT_CHUNK = 1024
 
-_IDS = re.compile(r"(?:input_?)?ids|(?:input_?)?tokens?|token_?ids|input_?word_?ids|word_?ids|src_?tokens|input|text")
-_MASK = re.compile(r"(?:.*[_./-])?mask|attention_?masks?")
+#: Input names text data fills with token ids / the attention mask (output kinds read them too).
+TOKEN_IDS_NAME = re.compile(r"(?:input_?)?ids|(?:input_?)?tokens?|token_?ids|input_?word_?ids|word_?ids|src_?tokens|input|text")
+ATTENTION_MASK_NAME = re.compile(r"(?:.*[_./-])?mask|attention_?masks?")
 _TYPES = re.compile(r"(?:token_?)?type_?ids|segment_?ids|segments?|token_?types?|input_?type_?ids")
 _POSITIONS = re.compile(r"position_?ids|positions?|pos_?ids")
 #: Pad tokens looked up in the vocabulary when the tokenizer sets no padding of its own.
@@ -84,7 +63,12 @@ def is_text_file(path: Path) -> bool:
 
 
 def parse_text_preprocess(spec: str | None, data_name: str = "text data") -> TextSpec:
-    """Parse ``tokenizer=PATH [max_length=N]``; UsageError naming the problem."""
+    """Parse ``tokenizer=PATH [max_length=N]``; UsageError naming the problem.
+
+    ``tokenizer=PATH``: the tokenizer.json (or a folder holding one); required.
+    ``max_length=N``: tokens per text; default the model's fixed sequence dimension, else
+    ``--input-shape`` (e.g. ``input_ids:1x64``), else 128. A quoted value may hold spaces.
+    """
     usage = '--preprocess "tokenizer=tokenizer.json max_length=128"'
     if spec is None or not spec.strip():
         raise UsageError(
@@ -165,8 +149,13 @@ def _inputs_str(inputs: Sequence[InputInfo]) -> str:
 def assign_roles(inputs: Sequence[InputInfo]) -> _Roles:
     """Which model input gets the token ids, the mask, the type ids, the positions.
 
-    Token ids, type ids and positions must be integer inputs; the mask may also be bool or
-    float (1 for tokens, 0 for padding, in the declared dtype)."""
+    By name (lower case, a TensorFlow ``:0`` suffix ignored): token ids (``input_ids``,
+    ``ids``, ``tokens``, ``input``, …), the attention mask (``attention_mask``, ``mask``,
+    ``*_mask``), token type ids (``token_type_ids``, ``segment_ids``, ``type_ids``, …) and
+    position ids (``position_ids``: 0 … max_length − 1). A single integer input matching
+    none of these is taken as the token ids. Token ids, type ids and positions must be
+    integer inputs; the mask may also be bool or float (1 for tokens, 0 for padding, in
+    the declared dtype). Each array is cast to the dtype the model declares."""
     if not any(i.dtype.kind in "iu" for i in inputs):
         raise InputError(
             f"text data needs a model that takes integer token ids; this model's inputs are {_inputs_str(inputs)} "
@@ -175,8 +164,9 @@ def assign_roles(inputs: Sequence[InputInfo]) -> _Roles:
     roles: dict[str, InputInfo] = {}
     unmatched: list[InputInfo] = []
     for info in inputs:
-        name = _base_name(info.name)
-        for role, pattern in (("mask", _MASK), ("types", _TYPES), ("positions", _POSITIONS), ("ids", _IDS)):
+        name = base_name(info.name)
+        for role, pattern in (("mask", ATTENTION_MASK_NAME), ("types", _TYPES), ("positions", _POSITIONS),
+                                 ("ids", TOKEN_IDS_NAME)):
             allowed = "iubf" if role == "mask" else "iu"
             if pattern.fullmatch(name) and info.dtype.kind in allowed:
                 if role in roles:

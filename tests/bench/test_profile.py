@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.analysis import node_costs
 from onnxopt.bench import profile as prof
+from onnxopt.bench import trace
 from onnxopt.bench.profile import (
     MARK_DECOMPOSE,
     MARK_INT8,
@@ -172,7 +173,7 @@ def test_profile_errors():
 )
 def test_trace_macs(op, weight, output, attrs, expected):
     node = helper.make_node(op, ["x", "w"], ["y"], "n", **attrs)
-    assert prof._trace_macs(node, weight, output) == expected
+    assert trace.trace_macs(node, weight, output) == expected
 
 
 # --- target marks ----------------------------------------------------------------------
@@ -212,7 +213,7 @@ def test_target_mark(op, weight, attrs, expected):
 
 def _graph(nodes, initializers=()):
     graph = helper.make_graph(nodes, "g", [], [], list(initializers))
-    return prof._Graph(helper.make_model(graph))
+    return trace.TraceGraph(helper.make_model(graph))
 
 
 def _chain_graph():
@@ -296,7 +297,7 @@ def test_timed_kernels_skip_warmup_runs():
         _event("a_kernel_time", 410, 40),
         _event("session_initialization", 0, 5, cat="Session"),
     ]
-    kernels, run_ms = prof._timed_kernels(events, runs=2)
+    kernels, run_ms = trace.timed_kernels(events, runs=2)
     assert set(kernels) == {"a", "b"}
     assert kernels["a"].total_us == 70
     assert kernels["b"].total_us == 20
@@ -306,15 +307,15 @@ def test_timed_kernels_skip_warmup_runs():
 
 def test_timed_kernels_without_runs():
     with pytest.raises(InputError):
-        prof._timed_kernels([_event("a_kernel_time", 0, 1)], runs=1)
+        trace.timed_kernels([_event("a_kernel_time", 0, 1)], runs=1)
 
 
 def test_summarise_reports_unmatched_time():
     graph = _chain_graph()
     kernels = {
-        "/c/Conv": prof._Kernel("/c/Conv", "Conv", None, total_us=600.0, first_ts=2),
-        "conv2d": prof._Kernel("conv2d", "FusedConv", None, total_us=300.0, first_ts=1),
-        "ReorderOutput": prof._Kernel("ReorderOutput", "ReorderOutput", None, total_us=100.0, first_ts=3),
+        "/c/Conv": trace.Kernel("/c/Conv", "Conv", None, total_us=600.0, first_ts=2),
+        "conv2d": trace.Kernel("conv2d", "FusedConv", None, total_us=300.0, first_ts=1),
+        "ReorderOutput": trace.Kernel("ReorderOutput", "ReorderOutput", None, total_us=100.0, first_ts=3),
     }
     result = prof._summarise(kernels, [1.0, 1.0], graph, {}, "cpu", 2, 0, None)
     assert [n.name for n in result.nodes] == ["/c/Conv", "conv2d", "ReorderOutput"]

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import analysis
-from onnxopt.blocks import ATTENTION, MLP, block_labels, name_label, structural_labels
+from onnxopt.analysis import inputs as input_facts
+from onnxopt.analysis.blocks import ATTENTION, MLP, block_labels, name_label, structural_labels
 from onnxopt.check import CheckConfig, check_model_file
 from onnxopt.cli.inspect_cmd import describe
-from onnxopt.validate import inputs as validate_inputs
 from tests.helpers import make_model
 
 HIDDEN, FFN, VOCAB = 64, 128, 50
@@ -79,7 +79,7 @@ def expected_macs(seq: int, batch: int = 1) -> dict[str, int]:
 
 
 def test_default_sequence_is_the_validation_inputs_default():
-    assert analysis.DEFAULT_SEQUENCE == validate_inputs.DEFAULT_SEQUENCE == 128
+    assert analysis.DEFAULT_SEQUENCE == input_facts.DEFAULT_SEQUENCE == 128
 
 
 def test_inspect_counts_matmul_macs_at_sequence_length_128_by_default():

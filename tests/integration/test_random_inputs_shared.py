@@ -11,8 +11,9 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from onnxopt.analysis.inputs import model_inputs, resolve_shapes
 from onnxopt.cli.compare import command
-from onnxopt.validate.inputs import model_inputs, random_source, resolve_shapes
+from onnxopt.validate.sources import random_source
 from tests.helpers import SHARED_MODELS, run_ort
 
 pytestmark = pytest.mark.shared

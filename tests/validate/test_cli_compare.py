@@ -229,7 +229,7 @@ def test_percentile_and_channel_bounds_are_flags_too():
     """The gate's own statistics can be set by hand (any tolerance flag replaces the whole
     default, so a user tightening one must be able to state the others)."""
     from onnxopt.cli.validation_options import build_tolerances
-    from onnxopt.validate.metrics import Tolerances
+    from onnxopt.validate.tolerances import Tolerances
 
     tolerances = build_tolerances(min_cosine_p5=0.99, min_channel_cosine=0.995, default=Tolerances(max_rel_error=1e-4))
     assert tolerances == Tolerances(min_cosine_p5=0.99, min_channel_cosine=0.995)

@@ -10,12 +10,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import runtime as providers_module
+from onnxopt.analysis.inputs import model_inputs, resolve_shapes
 from onnxopt.errors import InputError, UsageError
 from onnxopt.runtime import cuda_status
 from onnxopt.validate import compare as compare_module
 from onnxopt.validate.compare import compare_models, compare_providers
-from onnxopt.validate.inputs import model_inputs, open_data, random_source, resolve_shapes
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.data import open_data
+from onnxopt.validate.sources import random_source
+from onnxopt.validate.tolerances import Tolerances
 from tests.helpers import make_model
 
 WEIGHT = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)

@@ -13,9 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import runtime as prov
+from onnxopt.analysis.inputs import model_inputs, resolve_shapes
 from onnxopt.validate.compare import compare_providers
-from onnxopt.validate.inputs import model_inputs, random_source, resolve_shapes
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.sources import random_source
+from onnxopt.validate.tolerances import Tolerances
 
 CUDA_OK, CUDA_REASON = prov.cuda_status()
 

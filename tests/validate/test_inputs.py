@@ -1,4 +1,4 @@
-"""onnxopt.validate.inputs: input discovery, shape specs and resolution, data sources."""
+"""onnxopt.analysis.inputs and onnxopt.validate.data/sources: input discovery, shape specs and resolution, data sources."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
+from onnxopt.analysis.inputs import InputInfo, model_inputs, parse_input_shapes, resolve_shapes
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.inputs import (
-    InputInfo,
-    model_inputs,
-    open_data,
-    parse_input_shapes,
-    random_source,
-    resolve_shapes,
-)
+from onnxopt.validate.data import open_data
+from onnxopt.validate.sources import random_source
 from tests.helpers import make_model
 
 F32 = np.dtype(np.float32)
@@ -109,7 +104,7 @@ def test_resolve_shapes_defaults_and_one_warning(caplog):
         info("seq", ("B", "T", 16)),
         info("fixed", (1, 3, 4, 4)),
     ]
-    with caplog.at_level(logging.WARNING, logger="onnxopt.validate.inputs"):
+    with caplog.at_level(logging.WARNING, logger="onnxopt.analysis.inputs"):
         shapes = resolve_shapes(inputs, {}, batch_size=4)
     assert shapes == {
         "img": (4, 3, 224, 224),

@@ -9,15 +9,9 @@ import numpy as np
 import pytest
 
 from onnxopt.errors import InputError
-from onnxopt.validate.metrics import (
-    MetricsAccumulator,
-    OutputAccumulator,
-    OutputMetrics,
-    Tolerances,
-    check_gate,
-    compute_metrics,
-    load_labels,
-)
+from onnxopt.validate.data import load_labels
+from onnxopt.validate.metrics import MetricsAccumulator, OutputAccumulator, compute_metrics
+from onnxopt.validate.tolerances import OutputMetrics, Tolerances, check_gate
 from tests.helpers import SHARED_IMAGES
 
 

@@ -15,9 +15,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.analysis.inputs import model_inputs, resolve_shapes
 from onnxopt.validate import nondeterminism as nd
 from onnxopt.validate.compare import compare_models
-from onnxopt.validate.inputs import model_inputs, random_source, resolve_shapes
+from onnxopt.validate.sources import random_source
 from tests.helpers import TEST_IR_VERSION, cli, tiny_conv_model
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from onnxopt.analysis.inputs import InputInfo
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.inputs import InputInfo
 from onnxopt.validate.preprocess import PRESETS, PreprocessSpec, image_pipeline, parse_preprocess
 from tests.helpers import SHARED_IMAGES
 

@@ -15,9 +15,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.analysis.inputs import model_inputs, resolve_shapes
 from onnxopt.validate.compare import compare_models
-from onnxopt.validate.gate import Tolerances
-from onnxopt.validate.inputs import model_inputs, random_source, resolve_shapes
+from onnxopt.validate.sources import random_source
+from onnxopt.validate.tolerances import Tolerances
 from tests.helpers import make_model, run_ort
 
 RNG = np.random.default_rng(0)
@@ -169,7 +170,7 @@ def test_nonpositive_dims_are_dynamic(declared, expected, resolved):
     if 0 not in declared:
         _runs(model, batches)
     # what a calibration pass gets for calib=random: one-sample feeds
-    from onnxopt.validate.inputs import random_feeds
+    from onnxopt.analysis.inputs import random_feeds
 
     feeds = list(random_feeds(model, 3, seed=1))
     assert len(feeds) == 3 and feeds[0]["x"].shape == (1, *resolved[1:])

@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 
 from onnxopt.validate import metrics as metrics_module
-from onnxopt.validate.metrics import (
-    MetricsAccumulator,
-    OutputAccumulator,
-    OutputMetrics,
-    Tolerances,
-    check_gate,
-    output_kind,
-    pairwise_spearman,
-    spearman,
-)
+from onnxopt.validate.metrics import MetricsAccumulator, OutputAccumulator
+from onnxopt.validate.output_kinds import output_kind, pairwise_spearman, spearman
+from onnxopt.validate.tolerances import OutputMetrics, Tolerances, check_gate
 
 
 def _text_feeds(mask: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,9 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt.analysis.inputs import model_inputs
 from onnxopt.cli.main import main
 from onnxopt.errors import InputError, UsageError
-from onnxopt.validate.inputs import model_inputs, open_data
+from onnxopt.validate.data import open_data
 from onnxopt.validate.preprocess import parse_preprocess
 from onnxopt.validate.text import TextSource, parse_text_preprocess
 from tests.helpers import SAMPLES, SHARED_MODELS, make_model, run_ort
