@@ -8,17 +8,11 @@ truncated to m terms: W[f,c,i,j] ≈ Σ_{k<m} P[f, c·m+k] · D[c·m+k, i, j]
     <name>/separable_depthwise  Conv [C·m, 1, kh, kw]  kh×kw, group=C (C → C·m)  all strides, dilations, pads
     <name>/separable_pointwise  Conv [F, C·m, 1, 1]    1×1, C·m → F              + bias
 
-Exact at m = min(F, kh·kw). MACs: C·m·(kh·kw + F)·Ho·Wo against C·F·kh·kw·Ho·Wo, so the
-layer only gets cheaper when m < F·kh·kw / (kh·kw + F) (m < 8 for a 3×3 kernel with 64
-outputs).
-
-The rank is the multiplier m, one for all channels. ``multiplier=m`` (or ``rank=m``) sets
-it; ``rank`` < 1 is a fraction of min(F, kh·kw); ``energy`` acts on the aggregated per-
-channel spectrum sqrt(Σ_c s_ck²); ``vbmf`` takes the mean (rounded up) of the EVBMF ranks
-of the C per-channel slices; ``speedup`` solves the MAC formula. ``round`` does not apply
-(m ≤ kh·kw is small; the depthwise width C·m is a multiple of C already).
+Exact at m = min(F, kh·kw); cheaper only when m < F·kh·kw / (kh·kw + F). One m for all
+channels: ``multiplier=m`` (or ``rank``, < 1 a fraction of min(F, kh·kw)); ``energy`` acts
+on the aggregated spectrum sqrt(Σ_c s_ck²); ``vbmf`` takes the mean EVBMF rank of the
+per-channel slices; ``speedup`` solves the MAC formula. ``round`` does not apply.
 """
-
 from __future__ import annotations
 
 import math
@@ -27,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, RankOptions
 
+from onnxopt.decomp import evbmf, separable_factors, separable_macs, separable_singular_values
 from onnxopt.passbase import option
 from onnxopt.registry import register
 
@@ -60,36 +55,28 @@ class DecomposeSeparablePass(DecomposePass):
     Options = SeparableOptions
     summary = "depthwise k×k (multiplier m) → 1×1 (Denton et al. 2014); refit=true uses calibration data"
 
-    def _try_decompose(self, layer: Layer) -> Decomposition | str:
-        from onnxopt.decomp import evbmf, separable_factors, separable_macs, separable_singular_values
-
+    def _try_decompose(self, layer: Layer) -> Decomposition:
         W = layer.weight
         F, C, kh, kw = W.shape
         out_hw, _ = layer.cost_hw()
         full = min(F, kh * kw)
-        if self.options.selector[0] == "vbmf":
+        if self.options.selector[0] == "vbmf":  # the mean of the per-channel EVBMF ranks
             slices = np.asarray(W, dtype=np.float64).transpose(1, 0, 2, 3).reshape(C, F, kh * kw)
             m = max(1, min(full, math.ceil(float(np.mean([evbmf(s) for s in slices])))))
         else:
             m = self._select_rank(
                 full,
                 singular_values=lambda: separable_singular_values(W),
-                macs_for_rank=lambda k: separable_macs(C, F, kh, kw, k, out_hw),
+                macs_for=lambda k: separable_macs(C, F, kh, kw, k, out_hw),
                 original_macs=layer.macs,
                 round_to=1,
             )
         macs = separable_macs(C, F, kh, kw, m, out_hw)
-        reason = self._macs_reason(layer, macs)
-        if reason:
-            return reason
+        self._check_macs_drop(layer, macs)
         factors = separable_factors(W, m)
-        conv = layer.conv
-        return Decomposition(
-            ranks={"m": m},
-            factors=[
-                Factor("depthwise", "Conv", factors.depthwise, conv.as_attributes(group=C)),
-                Factor("pointwise", "Conv", factors.pointwise, conv.as_attributes(kernel=(1, 1), keep_spatial=False)),
-            ],
-            macs_after=macs,
-            rel_error=factors.rel_error,
-        )
+        depthwise = layer.conv.as_attributes(group=C)
+        pointwise = layer.conv.as_attributes(kernel=(1, 1), keep_spatial=False)
+        return Decomposition(ranks={"m": m}, macs_after=macs, rel_error=factors.rel_error, factors=[
+            Factor("depthwise", "Conv", factors.depthwise, depthwise),
+            Factor("pointwise", "Conv", factors.pointwise, pointwise),
+        ])

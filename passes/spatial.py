@@ -7,22 +7,17 @@ Algebra: W[f,c,i,j] ≈ Σ_k V[k,c,i] H[f,k,j], the rank-K truncated SVD of W re
     <name>/spatial_vertical    Conv [K, C, kh, 1]   kh×1, C → K   stride_h, dilation_h, top/bottom pads
     <name>/spatial_horizontal  Conv [F, K, 1, kw]   1×kw, K → F   stride_w, dilation_w, left/right pads, + bias
 
-Zero padding commutes with the bias-free vertical conv, so each factor pads its own axis;
-``auto_pad`` SAME_* is per axis and is kept on both factors (each pads only the axis it
-convolves). Exact at K = min(C·kh, kw·F).
-
-MACs: C·K·kh·Ho·Wi + K·F·kw·Ho·Wo against C·F·kh·kw·Ho·Wo (the vertical factor runs at
-the output height and the input width). Rank selectors act on the singular values of M
-(``energy``), on M itself (``vbmf``), or on that MAC formula (``speedup``); ``rank`` is
-absolute or a fraction of min(C·kh, kw·F). With ``refit`` the 1×kw factor is re-solved on
-its im2col windows. 1×1 convolutions are left to ``svd``; a 1×k or k×1 kernel is
-accepted (one factor is then a 1×1 conv: a low-rank split across channels).
+Zero padding commutes with the bias-free vertical conv; ``auto_pad`` SAME_* is kept on
+both factors (each pads only its own axis). Exact at K = min(C·kh, kw·F). Ranks act on
+M's singular values (``energy``), on M (``vbmf``) or on the MAC formula (``speedup``).
+``refit`` re-solves the 1×kw factor on its im2col windows. 1×1 convolutions are left to
+``svd``; for a 1×k or k×1 kernel one factor is a 1×1 conv.
 """
-
 from __future__ import annotations
 
 from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer
 
+from onnxopt.decomp import spatial_factors, spatial_macs, spatial_matrix, spatial_singular_values
 from onnxopt.registry import register
 
 
@@ -32,9 +27,7 @@ class DecomposeSpatialPass(DecomposePass):
     method = "spatial"
     summary = "split k×k convs into k×1 then 1×k (Jaderberg et al. 2014); refit=true uses calibration data"
 
-    def _try_decompose(self, layer: Layer) -> Decomposition | str:
-        from onnxopt.decomp import spatial_factors, spatial_macs, spatial_matrix, spatial_singular_values
-
+    def _try_decompose(self, layer: Layer) -> Decomposition:
         W = layer.weight
         F, C, kh, kw = W.shape
         out_hw, in_hw = layer.cost_hw()
@@ -42,21 +35,15 @@ class DecomposeSpatialPass(DecomposePass):
             min(C * kh, kw * F),
             singular_values=lambda: spatial_singular_values(W),
             vbmf_matrix=lambda: spatial_matrix(W),
-            macs_for_rank=lambda k: spatial_macs(C, F, kh, kw, k, out_hw, in_hw),
+            macs_for=lambda k: spatial_macs(C, F, kh, kw, k, out_hw, in_hw),
             original_macs=layer.macs,
         )
         macs = spatial_macs(C, F, kh, kw, rank, out_hw, in_hw)
-        reason = self._macs_reason(layer, macs)
-        if reason:
-            return reason
+        self._check_macs_drop(layer, macs)
         factors = spatial_factors(W, rank)
-        conv = layer.conv
-        return Decomposition(
-            ranks={"K": rank},
-            factors=[
-                Factor("vertical", "Conv", factors.vertical, conv.as_attributes(axes=[0], kernel=(kh, 1))),
-                Factor("horizontal", "Conv", factors.horizontal, conv.as_attributes(axes=[1], kernel=(1, kw))),
-            ],
-            macs_after=macs,
-            rel_error=factors.rel_error,
-        )
+        vertical = layer.conv.as_attributes(axes=[0], kernel=(kh, 1))
+        horizontal = layer.conv.as_attributes(axes=[1], kernel=(1, kw))
+        return Decomposition(ranks={"K": rank}, macs_after=macs, rel_error=factors.rel_error, factors=[
+            Factor("vertical", "Conv", factors.vertical, vertical),
+            Factor("horizontal", "Conv", factors.horizontal, horizontal),
+        ])

@@ -1,22 +1,19 @@
-"""Static model statistics: parameters, MACs per node, op histogram.
+"""Graph facts: parameters, MACs per node, op histogram, and which node a decomposition can
+target (:func:`decomposition_target`).
 
-MACs (multiply-accumulates) are counted for the layers that dominate CNN and MLP cost:
-Conv, ConvTranspose, Gemm and MatMul, and the integer forms ``int8-dynamic`` writes
-(MatMulInteger, ConvInteger: the same MACs in int8). They need shapes, so the model is shape-inferred
-with its dynamic input dimensions fixed: all of an input's dimensions from
-``input_shapes`` where it is given; otherwise a dynamic first dimension to 1 (one sample)
-and a dynamic *sequence* dimension to :data:`DEFAULT_SEQUENCE` (128, the default of the
-validation inputs: dim 1 of a ``[batch, seq]`` integer or bool input — token ids, masks —
-or a dimension named like seq, len or token), so that a transformer's MatMuls are counted
-at that sequence length (:func:`assumed_dims` says which dimensions were set so). Where
-another dimension stays unknown, MACs of the layers that depend on it are ``None`` rather
-than a guess.
+MACs (multiply-accumulates) are counted for Conv, ConvTranspose, Gemm and MatMul, and the
+integer forms ``int8-dynamic`` writes (MatMulInteger, ConvInteger: the same MACs in int8).
+Shapes come from :func:`onnxopt.analysis.shapes.inferred_shapes` with the dynamic input
+dimensions fixed: all of an input's dimensions from ``input_shapes`` where it is given;
+otherwise a dynamic first dimension to 1 (one sample) and a dynamic *sequence* dimension to
+:data:`DEFAULT_SEQUENCE` (dim 1 of a ``[batch, seq]`` integer or bool input, or a dimension
+named like seq, len or token), so that a transformer's MatMuls are counted at that length
+(:func:`assumed_dims` says which dimensions were set so). Where another dimension stays
+unknown, MACs of the layers that depend on it are ``None`` rather than a guess.
 """
-
 from __future__ import annotations
 
 import collections
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-logger = logging.getLogger(__name__)
+from onnxopt.analysis.shapes import constant_shapes, inferred_shapes, known_shape
 
 #: Every counted op takes its weight as input 1 (``check`` relies on it); the integer forms
 #: ``int8-dynamic`` writes cost the same MACs in int8.
@@ -32,10 +29,9 @@ COUNTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "Conv
 #: integer op -> (float op it counts as, input index of A/X, input index of W/B)
 _INTEGER_FORMS = {"MatMulInteger": ("MatMul", 0, 1), "ConvInteger": ("Conv", 0, 1)}
 #: Sequence length MACs are counted at where an input's sequence dimension is dynamic and
-#: not given; the same as :data:`onnxopt.validate.inputs.DEFAULT_SEQUENCE` (not imported:
-#: passes use this module, and they never import onnxopt.validate).
+#: not given; the same as :data:`onnxopt.analysis.inputs.DEFAULT_SEQUENCE`.
 DEFAULT_SEQUENCE = 128
-_SEQUENCE_DIM = re.compile(r"seq|len|token", re.IGNORECASE)  # as onnxopt.validate.inputs
+_SEQUENCE_DIM = re.compile(r"seq|len|token", re.IGNORECASE)  # as onnxopt.analysis.inputs
 _INTEGER_TYPES = frozenset({2, 3, 4, 5, 6, 7, 9, 12, 13})  # uint8..int64, bool, uint32, uint64
 
 
@@ -164,76 +160,16 @@ def _with_fixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
     return fixed
 
 
-def _inputs_fixed(model: onnx.ModelProto) -> bool:
-    initializers = {t.name for t in model.graph.initializer}
-    return all(
-        d.HasField("dim_value")
-        for value in model.graph.input
-        if value.name not in initializers
-        for d in value.type.tensor_type.shape.dim
-    )
-
-
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:  # shape inference is best effort: MACs become unknown
-        logger.debug("shape inference failed: %s", exc)
-        return model
-
-
-def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """onnxruntime's symbolic inference propagates computed shapes (e.g. Pad amounts built
-    from Shape/Concat) that onnx's inference leaves unknown."""
+def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:  # TEMP-SHIM (lead removes)
+    """Kept for tests/foundation/test_runtime_scratch.py; MAC counting runs symbolic
+    inference through :func:`onnxopt.analysis.shapes.inferred_shapes`."""
     from onnxopt.runtime.scratch import symbolic_shape_inference
 
     return symbolic_shape_inference(model)
 
 
-def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    shapes = _collect_shapes(_infer(model))
-    # With fixed inputs every counted layer's shape is knowable; fall back to the slower
-    # symbolic inference only where onnx's own left a gap.
-    if _inputs_fixed(model) and any(
-        not _known(shapes.get(node.output[0])) for node in model.graph.node if node.op_type in COUNTED_OPS
-    ):
-        symbolic = _symbolic_infer(model)
-        if symbolic is not None:
-            shapes = {**shapes, **{k: v for k, v in _collect_shapes(symbolic).items() if _known(v)}}
-    return shapes
-
-
-def _collect_shapes(inferred: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    graph = inferred.graph
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        if value.type.HasField("tensor_type") and value.type.tensor_type.HasField("shape"):
-            shapes[value.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else None
-                for d in value.type.tensor_type.shape.dim
-            )
-    for tensor in graph.initializer:
-        shapes[tensor.name] = tuple(tensor.dims)
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    shapes[node.output[0]] = tuple(attr.t.dims)
-    return shapes
-
-
 def _constant_sizes(model: onnx.ModelProto) -> dict[str, int]:
-    sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                    sizes[node.output[0]] = int(np.prod(attr.t.dims, dtype=np.int64))
-    return sizes
-
-
-def _known(shape) -> bool:
-    return shape is not None and all(isinstance(d, int) and d > 0 for d in shape)
+    return {name: int(np.prod(dims, dtype=np.int64)) for name, dims in constant_shapes(model).items()}
 
 
 def attribute(node: onnx.NodeProto, name: str, default):
@@ -255,19 +191,19 @@ def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
     out = shapes.get(node.output[0]) if node.output else None
     if op_type == "Conv":
         weight = get(1)
-        if not (_known(weight) and _known(out)):
+        if not (known_shape(weight) and known_shape(out)):
             return None
         # out = [N, F, *spatial]; each output element costs (C/group)·prod(kernel) MACs.
         return math.prod(out) * math.prod(weight[1:])
     if op_type == "ConvTranspose":
         weight, x = get(1), get(0)
-        if not (_known(weight) and _known(x)):
+        if not (known_shape(weight) and known_shape(x)):
             return None
         # Each input element is scattered through (F/group)·prod(kernel) weights.
         return math.prod(x) * math.prod(weight[1:])
     if op_type == "Gemm":
         a, b = get(0), get(1)
-        if not (_known(a) and _known(b)):
+        if not (known_shape(a) and known_shape(b)):
             return None
         m = a[1] if attribute(node, "transA", 0) else a[0]
         k = a[0] if attribute(node, "transA", 0) else a[1]
@@ -275,14 +211,14 @@ def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
         return m * k * n
     if op_type == "MatMul":
         a, b = get(0), get(1)
-        if not (_known(a) and _known(b)) or not a or not b:
+        if not (known_shape(a) and known_shape(b)) or not a or not b:
             return None
         if len(b) == 1:
             return math.prod(a)
         if len(a) == 1:
             return math.prod(b)
         # out = batch · M · N, each element costs K MACs.
-        return math.prod(out) * a[-1] if _known(out) else None
+        return math.prod(out) * a[-1] if known_shape(out) else None
     return None
 
 
@@ -292,7 +228,8 @@ def node_costs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] 
     Nodes without a name are keyed ``<op_type>_<index>``. Parameters are the elements of
     the node's constant inputs (initializers or ``Constant`` outputs).
     """
-    shapes = _shape_map(_with_fixed_inputs(model, input_shapes or {}))
+    counted_outputs = [n.output[0] for n in model.graph.node if n.op_type in COUNTED_OPS and n.output]
+    shapes = inferred_shapes(_with_fixed_inputs(model, input_shapes or {}), wanted=counted_outputs)
     constants = _constant_sizes(model)
     costs: dict[str, NodeCost] = {}
     for index, node in enumerate(model.graph.node):

@@ -29,7 +29,7 @@ from .costs import (
 )
 from .cp import CP, cp4, cp4_reconstruct, cp_exact_rank_upper_bound
 from .lowrank_fc import LowRankMatrix, lowrank_matrix
-from .ranks import EVBMFResult, evbmf, evbmf_result, round_rank, select_rank, select_rank_pair
+from .ranks import EVBMFResult, evbmf, evbmf_result, round_rank, select_by, select_rank, select_rank_pair
 from .refit import LastFactorRefit, im2col
 from .separable import (
     Separable,
@@ -78,6 +78,7 @@ __all__ = [
     "matrix_macs",
     "relative_error",
     "round_rank",
+    "select_by",
     "select_rank",
     "select_rank_pair",
     "separable_channel_singular_values",

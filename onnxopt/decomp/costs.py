@@ -1,18 +1,10 @@
-"""Multiply–accumulate counts of a dense convolution and of its decomposed forms.
+"""Multiply–accumulate counts of a dense convolution and of its decomposed forms: the one
+place these formulas live.
 
-All totals are exact, strides included, because every factor is counted at the spatial
-size it really runs at. Conventions (the same as the factor docstrings):
-
-* ``out_hw = (Ho, Wo)`` is the output size of the original conv; ``in_hw = (Hi, Wi)`` its
-  (unpadded) input size. ``in_hw`` defaults to ``out_hw`` (stride 1, "same" padding).
-* A 1×1 factor *before* the spatial factor runs at the input resolution (it carries no
-  stride and no pads); 1×1 factors after it run at the output resolution.
-* ``spatial`` / ``cp``: the kh×1 factor carries stride_h, dilation_h and the top/bottom
-  pads, so it produces (Ho, Wi); the 1×kw factor carries the width ones and produces
-  (Ho, Wo).
-
-MACs per output pixel are ``macs_per_output_pixel(total, out_hw)``; calling a function with
-``out_hw = in_hw = (1, 1)`` gives the per-pixel count of a stride-1 layer directly.
+``out_hw = (Ho, Wo)`` is the original conv's output size, ``in_hw = (Hi, Wi)`` its unpadded
+input size (default ``out_hw``). A 1×1 factor before the spatial factor runs at the input
+resolution; factors after it at the output resolution; a kh×1 factor carrying stride_h
+produces (Ho, Wi). ``out_hw = in_hw = (1, 1)`` gives per-pixel counts of a stride-1 layer.
 
 | scheme    | MACs                                                            |
 |-----------|-----------------------------------------------------------------|
@@ -23,12 +15,9 @@ MACs per output pixel are ``macs_per_output_pixel(total, out_hw)``; calling a fu
 | separable | C·m·kh·kw·Ho·Wo + C·m·F·Ho·Wo                                   |
 | svd       | rows·(K·R + R·N)   vs dense rows·K·N                            |
 
-Ranks may be floats (used when solving for a MAC budget); the result is then a float.
-
-MACs are a proxy: 1×1 convolutions are memory-bound and each extra node has a fixed
-overhead, so a measured latency gain is smaller than the MAC ratio (see ARCHITECTURE.md).
+Ranks may be floats (when solving for a MAC budget). MACs are a proxy: 1×1 convolutions
+are memory-bound and each node has a fixed overhead, so latency drops less than MACs.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -99,11 +88,14 @@ def tucker_macs(c_in, c_out, kh, kw, rank_out, rank_in, out_hw, in_hw=None):
     return c_in * rank_in * hi * wi + (rank_in * rank_out * kh * kw + rank_out * c_out) * ho * wo
 
 
-def cp_macs(c_in, c_out, kh, kw, rank, out_hw, in_hw=None):
+def cp_macs(c_in, c_out, kh, kw, rank, out_hw, in_hw=None, *, one_depthwise: bool = False):
     """CP: 1×1 C→R at (Hi, Wi), kh×1 depthwise at (Ho, Wi), 1×kw depthwise and 1×1 R→F
-    at (Ho, Wo)."""
+    at (Ho, Wo). ``one_depthwise``: the two depthwise factors as one kh×kw depthwise conv
+    at (Ho, Wo) (what the ``cp`` pass emits when kh or kw is 1)."""
     ho, wo = _hw(out_hw, out_hw)
     hi, wi = _hw(in_hw, (ho, wo))
+    if one_depthwise:
+        return c_in * rank * hi * wi + rank * (kh * kw + c_out) * ho * wo
     return c_in * rank * hi * wi + rank * kh * ho * wi + rank * (kw + c_out) * ho * wo
 
 

@@ -1,47 +1,18 @@
 """CP (canonical polyadic) decomposition of a conv kernel, Lebedev et al. 2015.
 
-W[f,c,i,j] ≈ Σ_r A[f,r] B[c,r] V[i,r] H[j,r]; emitted as 1×1 → kh×1 depthwise → 1×kw
-depthwise → 1×1:
+W[f,c,i,j] ≈ Σ_r A[f,r] B[c,r] V[i,r] H[j,r]; emitted as first [R, C, 1, 1] (= Bᵀ) →
+vertical [R, 1, kh, 1] depthwise (= V: stride_h, dilation_h, top/bottom pads) → horizontal
+[R, 1, 1, kw] depthwise (= H: the width ones) → last [F, R, 1, 1] + bias (= A, λ folded
+in). Zero padding commutes with the bias-free 1×1 and depthwise factors.
 
-    first      [R, C, 1, 1]   1×1, C → R            (= Bᵀ)
-    vertical   [R, 1, kh, 1]  kh×1, group=R         (= V)   stride_h, dilation_h, top/bottom pads
-    horizontal [R, 1, 1, kw]  1×kw, group=R         (= H)   stride_w, dilation_w, left/right pads
-    last       [F, R, 1, 1]   1×1, R → F, + bias    (= A, with the CP weights λ folded in)
-
-Zero padding commutes with the bias-free 1×1 and depthwise factors, so pads can sit on
-the depthwise factors.
-
-Algorithm (measured needs, see ARCHITECTURE.md: tensorly's parafac took ~45 s per
-iteration and > 24 GB on large kernels):
-
-* Initialisation is deterministic and constructive. Rotate the two spatial modes onto
-  the eigenbases Qv, Qh of their unfoldings, W' = W ×_i Qvᵀ ×_j Qhᵀ; every (p, q) slice
-  W'[:, :, p, q] is an F×C matrix whose SVD gives rank-1 terms σ·u⊗v⊗Qv[:,p]⊗Qh[:,q].
-  All kh·kw·min(F, C) terms together reproduce W exactly (``cp_exact_rank_upper_bound``),
-  and they are mutually orthogonal, so keeping the R largest σ is a good start whose
-  error is known. At rank ≥ the bound the exact factors are returned and no ALS runs.
-* ALS with MTTKRPs computed by GEMMs on the 4-way tensor: W as (F·kh·kw, C) times B, then
-  a contraction with the small kh·kw × R Khatri–Rao product of V and H. No Khatri–Rao
-  product of two large modes is ever formed. The V and H updates share one (kh, kw, R)
-  tensor P = W ×_F A ×_C B.
-* The normal equations get a ridge of ``ridge · trace/R`` (CP-ALS degeneracy: nearly
-  collinear components make the Hadamard Gram matrices ill-conditioned).
-* After each sweep an extrapolated point X_prev + it^(1/p)·(X − X_prev) is tried (Bro's
-  line search, as tensorly's ``linesearch=True``) and kept only if the fit improves; the
-  MTTKRP it costs is reused by the next sweep when accepted. Measured on ResNet-56
-  kernels (64×64×3×3, rank 200): 50 sweeps with it reached 0.177 relative error,
-  without it 0.207 after 50 and 0.172 after 200 sweeps.
-* The fit is tracked without reconstructing W (||W||² − 2⟨W, Ŵ⟩ + ||Ŵ||²); ALS stops
-  after ``max_iter`` sweeps or when the relative error improves by less than
-  ``tol`` (relative) in one sweep. ``progress(iteration, rel_error)`` is called per sweep.
-  Defaults (100 sweeps, tol 1e-4) were chosen on ResNet-56 / VGG-style CIFAR kernels:
-  mean error 0.060 vs 0.068 at 50 sweeps, ~20 s for all 55 ResNet-56 kernels on a busy
-  2-core machine; tol 1e-3 stopped too early (0.259 vs 0.248 on the VGG kernels).
-
-Memory: O(size(W) + (F + C + kh·kw)·R + R²) — the GEMM temporaries are processed in
-blocks of at most max(size(W), 2²²) elements.
+Algorithm: a deterministic start from the SVDs of the (p, q) slices of W rotated onto the
+eigenbases of its spatial unfoldings (all kh·kw·min(F, C) terms reproduce W exactly,
+``cp_exact_rank_upper_bound``; the R largest are kept), then at most ``max_iter`` ALS
+sweeps with MTTKRPs as GEMMs on the 4-way tensor (no large Khatri–Rao product), a ridge of
+``ridge · trace/R`` on the normal equations, Bro's line search, and the fit tracked without
+reconstructing W; ALS stops when the relative error improves by less than ``tol`` in a
+sweep. Memory: O(size(W) + (F + C + kh·kw)·R + R²), GEMM temporaries in blocks.
 """
-
 from __future__ import annotations
 
 import logging
@@ -178,7 +149,7 @@ def cp4(
     ``init="slices"`` (default) is the constructive start; ``init="hosvd"`` is tensorly's
     SVD start (random columns where the rank exceeds a mode, drawn with ``seed``), kept
     for comparison. ``rel_error`` is measured on the returned float32 factors.
-    ``blas_threads``: see ``_blas`` (one BLAS thread was measured faster here; None
+    ``blas_threads``: see ``_blas`` (one BLAS thread by default; None
     leaves BLAS alone).
     """
     with _blas_threads(blas_threads):

@@ -2,28 +2,19 @@
 
 Exactly one selector decides the rank:
 
-* ``rank``    — by its *type*, as it was written: an integer (``rank=4``) is that absolute
-  rank; a float (``rank=0.25``, ``rank=1.0``) is a fraction of the full rank in (0, 1],
-  ``ceil(rank · max_rank)``, so ``rank=1.0`` is the full rank and never rank 1. A float
-  above 1 (``rank=2.5``, ``rank=2.0``) is an error: a value written with a decimal point
-  must not silently become an absolute rank (see :func:`check_rank_value`).
+* ``rank``    — by its *type*: an integer (``rank=4``) is that absolute rank; a float in
+  (0, 1] (``rank=0.25``, ``rank=1.0``) a fraction of the full rank, ``ceil(rank · max_rank)``;
+  a float above 1 is an error (see :func:`check_rank_value`).
 * ``energy``  — smallest r with Σ_{i<r} s_i² / Σ_i s_i² ≥ energy, energy in (0, 1].
-* ``vbmf_matrix`` — the rank found by analytical empirical variational Bayesian matrix
-  factorisation (EVBMF, Nakajima et al. 2013) of that matrix, as Kim et al. 2016 did for
-  Tucker-2 ranks (one call per unfolding).
+* ``vbmf_matrix`` — the EVBMF rank of that matrix (Nakajima et al. 2013; Kim et al. 2016).
 * ``speedup`` — the largest r with ``original_macs / macs_for_rank(r) >= speedup``.
 
-The result is then rounded **up** to a multiple of ``round_to`` and clamped to
-[1, max_rank]. Rounding up was measured faster here, not slower: ranks padded to a
-multiple of 16 (the AVX-512 block; use 8 for GPU tensor cores) ran a VGG16-BN detector
-1.84× faster against 1.50× with the smaller unrounded ranks. Latency, not MACs, is the
-cost that matters; note that rounding happens after the ``speedup`` search, so the MAC
-reduction after rounding is smaller than requested.
-
-Tucker-2 has two ranks: ``select_rank_pair`` applies the same selectors per unfolding,
-and for ``speedup`` keeps the ranks proportional to their modes (R_in/C = R_out/F).
+The result is then rounded **up** to a multiple of ``round_to`` (16 suits AVX-512 and AVX2
+kernels, 8 GPU tensor cores) and clamped to [1, max_rank]; rounding follows the ``speedup``
+search, so the MAC reduction after rounding is smaller than requested. Tucker-2 has two
+ranks: ``select_rank_pair`` applies the selectors per unfolding, and for ``speedup`` keeps
+them proportional to their modes. :func:`select_by` dispatches a pass's selector option.
 """
-
 from __future__ import annotations
 
 import logging
@@ -40,6 +31,7 @@ __all__ = [
     "evbmf_result",
     "format_rank",
     "round_rank",
+    "select_by",
     "select_rank",
     "select_rank_pair",
 ]
@@ -401,3 +393,38 @@ def select_rank_pair(
                     hi = mid
             r = ranks_at(lo)
     return round_rank(r[0], max_out, round_to), round_rank(r[1], max_in, round_to)
+
+
+def select_by(
+    selector: tuple[str, object],
+    max_rank: int | tuple[int, int],
+    *,
+    singular_values: Callable[[], object] | None = None,
+    vbmf_matrix: Callable[[], object] | None = None,
+    macs_for: Callable[..., float] | None = None,
+    original_macs: float | None = None,
+    round_to: int = 1,
+) -> int | tuple[int, int]:
+    """:func:`select_rank` (``max_rank`` an int) or :func:`select_rank_pair` (``max_rank`` a
+    pair ``(F, C)``) for a pass's ``selector`` = ``("rank" | "energy" | "vbmf" | "speedup",
+    value)``. ``singular_values`` and ``vbmf_matrix`` are callables, called only when the
+    selector needs them (for a pair they return one value per unfolding); ``macs_for``
+    takes one rank, or ``(rank_out, rank_in)`` for a pair."""
+    key, value = selector
+    pair = isinstance(max_rank, tuple)
+    values = None
+    if key == "rank":
+        kwargs: dict = {"rank": value}
+    elif key == "energy":
+        kwargs = {"energy": value}
+        values = singular_values()
+    elif key == "vbmf":
+        kwargs = {"vbmf_matrices" if pair else "vbmf_matrix": vbmf_matrix()}
+    elif key == "speedup":
+        kwargs = {"speedup": value, "macs_for_ranks" if pair else "macs_for_rank": macs_for,
+                  "original_macs": original_macs}
+    else:
+        raise ValueError(f"unknown rank selector {key!r}")
+    if pair:
+        return select_rank_pair(values, max_rank, round_to=round_to, **kwargs)
+    return select_rank(values, max_rank, round_to=round_to, **kwargs)

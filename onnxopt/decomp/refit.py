@@ -1,25 +1,17 @@
 """Data-aware refit of the last factor of a decomposed layer (in the spirit of Zhang et al. 2016).
 
-The decomposed layer ends in a linear map with bias (a 1×1 conv or a matrix). Given
-activations Z entering that last factor and the original layer's output Y on real data,
-solve
+The decomposed layer ends in a linear map with bias (a 1×1 conv or a matrix). Given the
+activations Z entering that last factor and the original layer's output Y (bias included)
+on real data, solve
 
     min_{Θ=[Wl, b]}  Σ_pixels ||Y_p − Wl·Z_p − b||² + λ·||Wl||_F²,   λ = ridge · tr(ZᵀZ)/R
 
-so that the layer's output, not its weight, is what matches; this absorbs part of the
-decomposition error of the earlier factors. The normal equations need only
-
-    G = Σ [Z_p; 1][Z_p; 1]ᵀ     (R+1)×(R+1)      and     X = Σ Y_p [Z_p; 1]ᵀ   F×(R+1)
-
-accumulated in float64, so memory is 8·((R+1)² + F·(R+1) + 1) bytes whatever the number
-of samples (plus the current batch). Pixels are subsampled per sample
-(``max_pixels_per_sample``, default 4096) to bound time on large feature maps.
-
-Y must be the original conv's pre-activation output *including its bias*. For a last
-factor that is not 1×1 (the spatial scheme's 1×kw conv), pass ``im2col(Z, ...)`` as Z and
-reshape the solved [F, K·kw] weight to [F, K, 1, kw].
+so that the layer's output, not its weight, matches. The normal equations need only
+G = Σ [Z_p; 1][Z_p; 1]ᵀ ((R+1)×(R+1)) and X = Σ Y_p [Z_p; 1]ᵀ (F×(R+1)), accumulated in
+float64: memory 8·((R+1)² + F·(R+1) + 1) bytes whatever the number of samples. Pixels are
+subsampled per sample (``max_pixels_per_sample``). For a last factor that is not 1×1 (the
+spatial scheme's 1×kw conv), pass ``im2col(Z, ...)`` as Z and reshape the solved weight.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence

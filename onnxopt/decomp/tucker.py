@@ -11,17 +11,9 @@ The core carries the stride, dilation, pads (and group=1); the 1×1 factors carr
 the original bias goes on ``last``. Exact (up to float32) at R2 = F, R1 = C.
 
 Algorithm: HOSVD (leading eigenvectors of the Gram matrices of the mode-F and mode-C
-unfoldings) followed by ``n_iter`` HOOI sweeps. Each sweep cannot increase the error.
-Measured on the 55 dense 3×3 kernels of ResNet-56 at energy-0.9 ranks rounded to 16
-(benchmarks/decompose_time.py --ablation): mean relative error 0.12454 with plain HOSVD,
-0.12368 after 1 sweep, 0.12362 after 2, 0.12361 after 3 (tensorly's converged
-partial_tucker: 0.12361). Small but nearly free, so the default runs sweeps until the
-squared error drops by less than 1e-5 (relative), at most 10 (DEFAULT_HOOI_*): equal
-error to tensorly, still faster (each sweep is two GEMMs and two small Gram eigh):
-2.3–2.8× on those small CIFAR kernels, 6–9× on a 512×512×3×3 kernel at ranks 128 and
-256 (0.55 s vs 3.4 s, 0.44 s vs 4.1 s, identical error).
+unfoldings), then HOOI sweeps (two GEMMs and two small Gram eigh each; none increases the
+error) until the squared error drops by less than 1e-5 (relative), at most 10.
 """
-
 from __future__ import annotations
 
 import math
@@ -101,7 +93,7 @@ def tucker2(
     At most ``n_iter`` HOOI sweeps refine the HOSVD start (0 = plain HOSVD); they stop
     early once a sweep lowers the squared error by less than ``tol`` (relative). ``rel_error`` is
     measured on the returned float32 factors. ``blas_threads``: see ``_blas`` (one BLAS
-    thread was measured faster here; None leaves BLAS alone).
+    thread by default; None leaves BLAS alone).
     """
     with _blas_threads(blas_threads):
         return _tucker2(W, rank_out, rank_in, n_iter, tol)

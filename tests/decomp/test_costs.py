@@ -92,3 +92,14 @@ def test_matrix_and_per_pixel():
     assert tucker_macs(16, 32, 3, 3, 8, 4, (1, 1)) == 16 * 4 + 4 * 8 * 9 + 8 * 32
     with pytest.raises(ValueError):
         dense_conv_macs(6, 4, 3, 3, (8, 8), group=4)
+
+
+def test_cp_macs_with_one_depthwise_factor():
+    """A 1×k kernel: the cp pass emits one depthwise conv instead of two."""
+    out_hw, in_hw = (6, 9), (6, 11)
+    R = 5
+    m1, s1 = conv_macs((1, C, *in_hw), (R, C, 1, 1))
+    m2, s2 = conv_macs(s1, (R, 1, 1, 3), group=R)
+    m3, s3 = conv_macs(s2, (F, R, 1, 1))
+    assert s3[2:] == out_hw
+    assert cp_macs(C, F, 1, 3, R, out_hw, in_hw, one_depthwise=True) == m1 + m2 + m3

@@ -330,3 +330,28 @@ def test_report_writes_the_rank_as_it_means():
     assert build_options(get("tucker"), {"rank": "1.0"}).describe_selector() == "rank=1.0"
     assert build_options(get("tucker"), {"rank": "4"}).describe_selector() == "rank=4"
     assert build_options(get("separable"), {"multiplier": "2"}).selector == ("rank", 2)
+
+
+def test_select_by_dispatches_a_pass_selector():
+    from onnxopt.decomp import select_by
+
+    W = np.random.default_rng(3).standard_normal((12, 10, 3, 3))
+    values = tucker2_unfolding_singular_values(W)
+
+    def never():
+        raise AssertionError("not needed by this selector")
+
+    assert select_by(("rank", 0.5), 20, singular_values=never, vbmf_matrix=never) == 10
+    assert select_by(("energy", 0.9), 20, singular_values=lambda: S, round_to=4) == select_rank(S, 20, energy=0.9, round_to=4)
+    assert select_by(("energy", 0.9), (12, 10), singular_values=lambda: values) == select_rank_pair(values, (12, 10), energy=0.9)
+    assert select_by(("vbmf", True), (12, 10), vbmf_matrix=lambda: tucker2_unfoldings(W)) == select_rank_pair(
+        None, (12, 10), vbmf_matrices=tucker2_unfoldings(W))
+
+    def macs(ro, ri):
+        return tucker_macs(10, 12, 3, 3, ro, ri, (8, 8))
+
+    original = dense_conv_macs(10, 12, 3, 3, (8, 8))
+    assert select_by(("speedup", 2.0), (12, 10), macs_for=macs, original_macs=original) == select_rank_pair(
+        None, (12, 10), speedup=2.0, macs_for_ranks=macs, original_macs=original)
+    with pytest.raises(ValueError, match="unknown rank selector"):
+        select_by(("multiplier", 2), 4)

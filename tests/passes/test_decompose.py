@@ -176,21 +176,6 @@ def test_parallel_layers_give_the_same_model():
     assert [a["node"] for a in opt1.report.applied] == [a["node"] for a in opt2.report.applied]
 
 
-def test_blas_threads_are_restored():
-    from onnxopt.passes._decompose import single_threaded_blas
-    from threadpoolctl import threadpool_info
-
-    def blas_threads():
-        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
-
-    before = blas_threads()
-    if not before:
-        pytest.skip("no BLAS library visible to threadpoolctl")
-    with single_threaded_blas():
-        assert set(blas_threads()) == {1}
-    assert blas_threads() == before
-
-
 def test_progress_is_reported_per_layer():
     from onnxopt.passbase import PassContext
 
