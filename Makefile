@@ -15,6 +15,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The recover extra's tests run in `make test`, so torch is installed there, pinned first to a
+# CPU build ($(TORCH)): left to the range in pyproject.toml, pip may take a CUDA build of
+# several GB. On a machine where PyPI's torch==2.13.0 is a CUDA build, pass e.g.
+# TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu".
+TORCH ?= torch==2.13.0
+RECOVER_STAMP := $(VENV)/.onnxopt-recover-installed
+
+$(RECOVER_STAMP): $(STAMP)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev,recover]"
+	touch $(RECOVER_STAMP)
+
 install: $(STAMP)
 
 # The main job on a bundled sample: inspect, then optimize three ways — each result
@@ -35,10 +47,10 @@ demo: $(STAMP)
 	$(ONNXOPT) check $(OUT)/digits_pipeline.onnx $(OUT)/digits_tucker.onnx $(OUT)/digits_int8.onnx
 	@echo "demo outputs and JSON reports in $(OUT)/"
 
-test: $(STAMP)
+test: $(RECOVER_STAMP)
 	$(PY) -m pytest -ra -q
 
-test-fast: $(STAMP)
+test-fast: $(RECOVER_STAMP)
 	$(PY) -m pytest -ra -q -m "not shared"
 
 lint: $(STAMP)

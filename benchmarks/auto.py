@@ -50,7 +50,7 @@ import onnxopt.passes.auto  # noqa: E402,F401  (registers "auto")
 
 from onnxopt import api  # noqa: E402
 from onnxopt.passbase import PassContext  # noqa: E402
-from onnxopt.validate.metrics import Tolerances  # noqa: E402
+from onnxopt.validate.tolerances import Tolerances  # noqa: E402
 
 MODEL_DIR = ROOT.parent / "shared" / "models"
 IMAGES = ROOT.parent / "shared" / "images" / "imagenet"

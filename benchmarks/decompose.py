@@ -94,7 +94,8 @@ MODELS = {
 
 
 def load_images(model: onnx.ModelProto, spec: ModelSpec, start: int, count: int) -> np.ndarray:
-    from onnxopt.validate.inputs import list_images, model_inputs
+    from onnxopt.analysis.inputs import model_inputs
+    from onnxopt.validate.data import list_images
     from onnxopt.validate.preprocess import image_pipeline
 
     info = model_inputs(model)[0]

@@ -506,7 +506,8 @@ def onnxopt_judge(result: Result, inputs: str, family: str) -> tuple[bool, str]:
     """The gate as implemented: onnxopt's default tolerances and check_gate on the stored
     outputs (must agree with the CHOSEN row)."""
     from onnxopt.validate.gate import default_tolerances
-    from onnxopt.validate.metrics import OutputAccumulator, check_gate
+    from onnxopt.validate.metrics import OutputAccumulator
+    from onnxopt.validate.tolerances import check_gate
 
     class Pass:  # what default_tolerances reads of a pass class
         def __init__(self, name: str, lossless: bool):

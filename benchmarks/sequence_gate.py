@@ -325,7 +325,7 @@ def onnxopt_judge(case: Case, record: dict, inputs: str) -> bool:
     from dataclasses import fields
 
     from onnxopt.validate.gate import default_tolerances
-    from onnxopt.validate.metrics import OutputMetrics, check_gate
+    from onnxopt.validate.tolerances import OutputMetrics, check_gate
 
     class Pass:  # what default_tolerances reads of a pass class
         def __init__(self, name: str):

@@ -10,6 +10,7 @@ from onnxopt.passes.fold_constants import FoldConstantsPass
 from onnxopt.passes.fp16 import ConvertFloat16Pass
 from onnxopt.passes.quantize_dynamic import QuantizeDynamicPass
 from onnxopt.passes.quantize_static import QuantizeStaticPass
+from onnxopt.passes.recover import RecoverPass
 from onnxopt.passes.separable import DecomposeSeparablePass
 from onnxopt.passes.simplify import SimplifyPass
 from onnxopt.passes.spatial import DecomposeSpatialPass
@@ -26,6 +27,7 @@ __all__ = [
     "FoldConstantsPass",
     "QuantizeDynamicPass",
     "QuantizeStaticPass",
+    "RecoverPass",
     "SearchDecompositionPass",
     "SimplifyPass",
 ]

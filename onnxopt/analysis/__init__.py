@@ -160,14 +160,6 @@ def _with_fixed_inputs(model: onnx.ModelProto, input_shapes: dict[str, tuple[int
     return fixed
 
 
-def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:  # TEMP-SHIM (lead removes)
-    """Kept for tests/foundation/test_runtime_scratch.py; MAC counting runs symbolic
-    inference through :func:`onnxopt.analysis.shapes.inferred_shapes`."""
-    from onnxopt.runtime.scratch import symbolic_shape_inference
-
-    return symbolic_shape_inference(model)
-
-
 def _constant_sizes(model: onnx.ModelProto) -> dict[str, int]:
     return {name: int(np.prod(dims, dtype=np.int64)) for name, dims in constant_shapes(model).items()}
 

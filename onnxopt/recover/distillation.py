@@ -1,0 +1,295 @@
+"""Knowledge distillation: train the changed layers of a student to match its teacher.
+
+The teacher is the model before the pipeline changed it; it runs in onnxruntime with the
+targeted values added as graph outputs. The student runs in :class:`GraphModule`, end to
+end, with the chosen initializers trainable. Objective: the mean over targets of the
+per-channel-normalised MSE, Σ_c mean((s_c − t_c)²) / (C · v_c), at the changed layers'
+outputs and at the model outputs, where v_c is the teacher's variance of channel c (axis
+1) on the training batches plus 1e-3 × its channel mean — so a weak channel (a detector's
+objectness map) counts as much as a strong one, and a constant one does not divide by 0. Adam; batches are split by index into
+training and held-out parts; the best weights by held-out loss (measured every
+``eval_every`` steps) are kept, stopping after ``patience`` evaluations without gain.
+``lr="auto"`` trains briefly from the same start with each candidate rate and keeps the
+one with the lowest held-out loss. Data is streamed: one batch and its teacher tensors at a
+time. Guards return the student unchanged (``model=None``) with the reason: an op the
+engine lacks, a non-finite loss, a held-out loss that did not improve.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import torch
+
+from onnxopt.recover import scope as scopes
+from onnxopt.recover.interpreter import GraphModule, write_back
+from onnxopt.recover.ops import Unsupported
+from onnxopt.runtime import create_session
+
+Feeds = dict[str, np.ndarray]
+Progress = Callable[[str, int, int], None]
+KEPT = "kept the weights from before recovery"
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    steps: int = 200  # optimizer steps (one training batch each)
+    lr: float | str = "auto"  # a learning rate, or "auto": the best of lr_candidates on the held-out part
+    lr_candidates: tuple[float, ...] = (1e-5, 1e-4, 1e-3)
+    probe_steps: int | None = None  # steps per candidate rate (default max(5, steps // 5))
+    holdout: float = 0.2  # share of the batches held out for early stopping and the final check
+    seed: int = 0
+    scope: str = "changed"  # "changed": weights of the changed layers; "all": every float weight
+    time_budget: float | None = None  # seconds for the whole recovery
+    eval_every: int | None = None  # steps between held-out evaluations (default max(1, steps // 10))
+    patience: int = 3  # evaluations without improvement before stopping
+    threads: int = 1  # torch and onnxruntime threads
+
+
+@dataclass
+class DistillResult:
+    model: onnx.ModelProto | None  # None: the student is to be kept as it was (see reason)
+    loss_before: float | None = None  # held-out loss of the student as given
+    loss_after: float | None = None  # held-out loss of the best trained weights
+    steps: int = 0
+    seconds: float = 0.0
+    lr: float | None = None
+    reason: str | None = None  # why nothing was changed
+    trainable: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    lr_trials: dict[float, float] = field(default_factory=dict)  # rate -> held-out loss after probing
+    notes: list[str] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """Ends a recovery early with a reason and the student unchanged."""
+
+
+def distill(teacher: onnx.ModelProto, student: onnx.ModelProto, changed_outputs: list[str],
+            batches: Callable[[], Iterator[Feeds]], options: DistillOptions = DistillOptions(),
+            progress: Progress | None = None) -> DistillResult:
+    """Distil ``teacher`` into ``student``; see the module docstring."""
+    start = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, options.threads))
+    result = DistillResult(None)
+    try:
+        torch.manual_seed(options.seed)
+        _Run(teacher, student, changed_outputs, batches, options, progress, start, result).run()
+    except _Stop as stop:
+        result.model, result.reason = None, str(stop)
+    finally:
+        torch.set_num_threads(threads)
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+class _Run:
+    def __init__(self, teacher, student, changed_outputs, batches, options, progress, start, result):
+        self.student, self.batches, self.options = student, batches, options
+        self.progress = progress or (lambda message, done, total: None)
+        self.deadline = start + options.time_budget if options.time_budget else math.inf
+        self.result = result
+        teacher_values = _value_names(teacher)
+        student_values = _value_names(student)
+        wanted = [*changed_outputs, *(o.name for o in student.graph.output
+                                      if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)]
+        self.targets = list(dict.fromkeys(n for n in wanted if n in teacher_values and n in student_values))
+        missing = sorted(set(changed_outputs) - set(self.targets))
+        if missing:
+            result.notes.append(f"not matched (absent from the teacher or the student): {', '.join(missing)}")
+        if not self.targets:
+            raise _Stop("no value of the student has a float counterpart in the teacher to match")
+        nodes = scopes.changed_nodes(student, changed_outputs)
+        trainable = scopes.trainable_initializers(student, options.scope, nodes)
+        if not trainable:
+            raise _Stop(f"no float32 initializer to train (scope={options.scope})")
+        result.trainable, result.targets = trainable, self.targets
+        self.module = GraphModule(student, trainable)
+        self.session = create_session(_with_outputs(teacher, self.targets), threads=max(1, options.threads))
+        self.teacher_inputs = [i.name for i in self.session.get_inputs()]
+        self.params = list(self.module.weights)
+        self.original = [p.detach().clone() for p in self.params]
+
+    # -- data
+
+    def _stream(self, holdout: bool) -> Iterator[tuple[Feeds, dict[str, np.ndarray]]]:
+        """(feeds, teacher tensors) of the held-out or the training batches, one at a time."""
+        for index, feeds in enumerate(self.batches()):
+            if (index in self.holdout) == holdout:
+                values = self.session.run(self.targets, {k: feeds[k] for k in self.teacher_inputs})
+                yield feeds, dict(zip(self.targets, values))
+
+    def _training_batches(self) -> Iterator[tuple[Feeds, dict[str, np.ndarray]]]:
+        while True:  # cycle over the training part
+            yield from self._stream(False)
+
+    def _split_and_statistics(self) -> None:
+        count = 0
+        for feeds in self.batches():
+            absent = [name for name in self.teacher_inputs if name not in feeds] if count == 0 else []
+            if absent:
+                raise _Stop(f"the data has no value for input(s) {', '.join(absent)}; {KEPT}")
+            count += 1
+        if count < 2:
+            raise _Stop(f"recovery needs at least 2 batches of data (a training and a held-out part), got {count}")
+        held = min(count - 1, max(1, round(count * self.options.holdout)))
+        self.holdout = {int((k + 0.5) * count / held) for k in range(held)}
+        sums: dict[str, np.ndarray] = {}
+        squares: dict[str, np.ndarray] = {}
+        counts: dict[str, int] = {}
+        for _, values in self._stream(False):
+            for name, value in values.items():
+                channels = _channels_last(np.asarray(value, np.float64))
+                sums[name] = sums.get(name, 0) + channels.sum(0)
+                squares[name] = squares.get(name, 0) + (channels ** 2).sum(0)
+                counts[name] = counts.get(name, 0) + channels.shape[0]
+        self.variances = {}
+        for name in self.targets:
+            mean = sums[name] / counts[name]
+            variance = np.maximum(squares[name] / counts[name] - mean ** 2, 0)
+            floored = variance + 1e-3 * variance.mean() + 1e-12
+            self.variances[name] = torch.from_numpy(floored.astype(np.float32))
+
+    # -- objective
+
+    def _loss(self, feeds: Feeds, teacher: dict[str, np.ndarray]) -> torch.Tensor:
+        inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
+        outputs = self.module(inputs, self.targets)
+        total = torch.zeros((), dtype=torch.float32)
+        for name in self.targets:
+            error = (outputs[name] - torch.from_numpy(np.asarray(teacher[name]))) ** 2
+            per_channel = _channels_last(error).mean(0)
+            total = total + (per_channel / self.variances[name]).mean()
+        return total / len(self.targets)
+
+    def _held_out_loss(self) -> float:
+        losses = []
+        with torch.no_grad():
+            for feeds, teacher in self._stream(True):
+                losses.append(float(self._loss(feeds, teacher)))
+        return float(np.mean(losses))
+
+    # -- training
+
+    def _restore(self, values: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for parameter, value in zip(self.params, values):
+                parameter.copy_(value)
+
+    def _train(self, lr: float, steps: int, label: str) -> tuple[float, list[torch.Tensor] | None, int]:
+        """Adam from the original weights; (best held-out loss, its weights, steps run)."""
+        self._restore(self.original)
+        optimizer = torch.optim.Adam(self.params, lr=lr)
+        every = self.options.eval_every or max(1, steps // 10)
+        best, best_weights, stale, done, evaluated = math.inf, None, 0, 0, 0
+        batches = self._training_batches()
+        for step in range(1, steps + 1):
+            if time.perf_counter() > self.deadline:
+                self.result.notes.append(f"{label}: time budget reached after {done} steps")
+                break
+            feeds, teacher = next(batches)
+            optimizer.zero_grad()
+            loss = self._loss(feeds, teacher)
+            if not torch.isfinite(loss):
+                raise _NonFinite(f"non-finite loss at step {step} (lr={lr:g})")
+            loss.backward()
+            optimizer.step()
+            done = step
+            self.progress(f"recover: {label} step {step}/{steps}, loss {loss.item():.4g}", step, steps)
+            if step % every and step != steps:
+                continue
+            evaluated = step
+            held_out = self._evaluate(step, lr)
+            if held_out < best:
+                best, best_weights, stale = held_out, [p.detach().clone() for p in self.params], 0
+            else:
+                stale += 1
+                if stale >= self.options.patience:
+                    self.result.notes.append(f"{label}: stopped early at step {step} (held-out loss stalled)")
+                    break
+        if done > evaluated:  # the time budget ended the loop between evaluations
+            held_out = self._evaluate(done, lr)
+            if held_out < best:
+                best, best_weights = held_out, [p.detach().clone() for p in self.params]
+        return best, best_weights, done
+
+    def _evaluate(self, step: int, lr: float) -> float:
+        held_out = self._held_out_loss()
+        if not math.isfinite(held_out):
+            raise _NonFinite(f"non-finite held-out loss at step {step} (lr={lr:g})")
+        return held_out
+
+    def _choose_lr(self) -> float:
+        if self.options.lr != "auto":
+            return float(self.options.lr)
+        probe = self.options.probe_steps or max(5, self.options.steps // 5)
+        for lr in self.options.lr_candidates:
+            try:
+                loss, _, _ = self._train(lr, probe, f"lr {lr:g}")
+            except _NonFinite:
+                loss = math.inf
+            self.result.lr_trials[lr] = loss
+        best = min(self.result.lr_trials, key=self.result.lr_trials.get)
+        if not math.isfinite(self.result.lr_trials[best]):
+            raise _Stop(f"non-finite loss at every learning rate tried; {KEPT}")
+        return best
+
+    def run(self) -> None:
+        result = self.result
+        try:
+            missing = self.module.missing_ops(self.targets, self.teacher_inputs)
+        except KeyError as exc:  # a value the student needs that neither the data nor the graph gives
+            raise _Stop(f"the student cannot be run from the teacher's inputs: {exc.args[0]}; {KEPT}") from None
+        if missing:
+            raise _Stop(f"the recovery engine cannot run {', '.join(missing)}; {KEPT}")
+        self._split_and_statistics()
+        try:
+            result.loss_before = self._held_out_loss()
+        except Unsupported as exc:
+            raise _Stop(f"the recovery engine cannot run {exc}; {KEPT}") from None
+        if not math.isfinite(result.loss_before):
+            raise _Stop(f"the student's held-out loss is not finite before training; {KEPT}")
+        result.lr = self._choose_lr()
+        try:
+            after, weights, result.steps = self._train(result.lr, self.options.steps, "train")
+        except _NonFinite as exc:
+            raise _Stop(f"{exc}; {KEPT}") from None
+        if result.steps == 0:
+            raise _Stop(f"the time budget ran out before the first training step; {KEPT}")
+        result.loss_after = after if weights is not None else None
+        if weights is None or not after < result.loss_before:
+            raise _Stop(f"held-out loss did not improve ({result.loss_before:.6g} -> {after:.6g}); {KEPT}")
+        result.model = write_back(self.student, dict(zip(self.module.parameter_names, weights)))
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _channels_last(value):
+    """[N, C, …] -> [rows, C] (channel axis 1); a tensor of rank < 2 is one channel."""
+    if value.ndim < 2:
+        return value.reshape(-1, 1)
+    moved = np.moveaxis(value, 1, -1) if isinstance(value, np.ndarray) else value.movedim(1, -1)
+    return moved.reshape(-1, value.shape[1])
+
+
+def _value_names(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    return {o for n in graph.node for o in n.output} | {i.name for i in graph.input}
+
+
+def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph outputs are ``names`` (intermediates exposed)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name: o for o in model.graph.output}
+    del copy.graph.output[:]
+    copy.graph.output.extend(existing.get(n) or onnx.ValueInfoProto(name=n) for n in names)
+    return copy

@@ -1,0 +1,182 @@
+"""Run an ONNX graph in torch, with chosen initializers as trainable parameters.
+
+:class:`GraphModule` walks the main graph's nodes (ONNX keeps them in topological order)
+and calls :data:`onnxopt.recover.ops.OPS`. Initializers named in ``trainable`` become
+``nn.Parameter``s (float32) keyed by their initializer name; the other initializers and
+``Constant`` nodes are constant tensors. :func:`write_back` copies trained values into
+the SAME initializers of a model copy, dtype and shape kept, so the graph, its names and
+its report stay as they were. ``forward`` evaluates only the nodes the requested values
+depend on and frees each intermediate after its last use.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from onnxopt.recover import spatial  # noqa: F401  (registers pooling, Pad and Resize into OPS)
+from onnxopt.recover.ops import OPS, OpContext, Unsupported
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def _op_key(node: onnx.NodeProto) -> str:
+    return node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+
+
+def unsupported_ops(model: onnx.ModelProto, nodes: Iterable[onnx.NodeProto] | None = None) -> list[str]:
+    """The op types (``domain::op`` outside the default domain) this engine cannot run, sorted."""
+    nodes = model.graph.node if nodes is None else nodes
+    return sorted({_op_key(n) for n in nodes if n.domain not in _DEFAULT_DOMAINS or n.op_type not in OPS})
+
+
+def _attributes(node: onnx.NodeProto) -> dict:
+    values = {}
+    for attribute in node.attribute:
+        value = helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, onnx.TensorProto):
+            value = _tensor(numpy_helper.to_array(value))
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        values[attribute.name] = value
+    return values
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    array = np.array(array)  # writable, native byte order
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)  # the engine computes in float32
+    return torch.from_numpy(array)
+
+
+@dataclass
+class _Node:
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict
+    context: OpContext
+    supported: bool
+
+
+class GraphModule(torch.nn.Module):
+    """An ONNX model as a torch module; ``trainable`` initializers are its parameters."""
+
+    def __init__(self, model: onnx.ModelProto, trainable: Iterable[str] = ()):
+        super().__init__()
+        graph = model.graph
+        opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
+        trainable = set(trainable)
+        self.weights = torch.nn.ParameterList()
+        self.parameter_names: list[str] = []  # weights[i] is initializer parameter_names[i]
+        self.constants: dict[str, torch.Tensor] = {}
+        for initializer in graph.initializer:
+            array = numpy_helper.to_array(initializer)
+            if initializer.name in trainable:
+                if not np.issubdtype(array.dtype, np.floating):
+                    raise ValueError(f"initializer '{initializer.name}' is {array.dtype}: only floats train")
+                self.weights.append(torch.nn.Parameter(torch.from_numpy(np.array(array, np.float32))))
+                self.parameter_names.append(initializer.name)
+            else:
+                self.constants[initializer.name] = _tensor(array)
+        missing = trainable - set(self.parameter_names)
+        if missing:
+            raise ValueError(f"not initializers of the model: {', '.join(sorted(missing))}")
+        self.nodes: list[_Node] = []
+        for node in graph.node:
+            supported = node.domain in _DEFAULT_DOMAINS and node.op_type in OPS
+            context = OpContext(opset, len(node.output), node.op_type)
+            self.nodes.append(_Node(node.name, _op_key(node), list(node.input), list(node.output),
+                                    _attributes(node), context, supported))
+        self.graph_outputs = [v.name for v in graph.output]
+        self._plans: dict[tuple, tuple[list[int], dict[int, list[str]]]] = {}
+
+    def named_initializers(self) -> dict[str, torch.nn.Parameter]:
+        """Initializer name -> its trainable parameter."""
+        return dict(zip(self.parameter_names, self.weights))
+
+    def missing_ops(self, outputs: list[str], fed: Iterable[str]) -> list[str]:
+        """The op types the engine lacks among the nodes that ``outputs`` depend on, sorted."""
+        order, _ = self._plan(tuple(outputs), tuple(sorted(fed)))
+        return sorted({self.nodes[i].op_type for i in order if not self.nodes[i].supported})
+
+    def _plan(self, outputs: tuple[str, ...], fed: tuple[str, ...]) -> tuple[list[int], dict[int, list[str]]]:
+        """Indices of the nodes the outputs need, and per node the values to free after it."""
+        key = (outputs, fed)
+        if key in self._plans:
+            return self._plans[key]
+        known = set(fed) | set(self.parameter_names) | set(self.constants)
+        needed, order = set(outputs), []
+        for index in reversed(range(len(self.nodes))):
+            node = self.nodes[index]
+            if any(o in needed and o not in fed for o in node.outputs):
+                order.append(index)
+                needed.update(i for i in node.inputs if i)
+        order.reverse()
+        produced = {o for i in order for o in self.nodes[i].outputs}
+        absent = sorted(n for n in needed if n not in known and n not in produced)
+        if absent:
+            raise KeyError(f"values neither fed nor computed: {', '.join(absent)}")
+        last_use: dict[str, int] = {}
+        for index in order:
+            for name in self.nodes[index].inputs:
+                last_use[name] = index
+        free: dict[int, list[str]] = {}
+        for name, index in last_use.items():
+            if name in produced and name not in outputs:
+                free.setdefault(index, []).append(name)
+        self._plans[key] = (order, free)
+        return order, free
+
+    def forward(self, feeds: Mapping[str, torch.Tensor], outputs: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """The values named in ``outputs`` (graph outputs or intermediates; default: graph outputs)."""
+        outputs = list(outputs or self.graph_outputs)
+        order, free = self._plan(tuple(outputs), tuple(sorted(feeds)))
+        values: dict[str, torch.Tensor] = {**self.constants, **self.named_initializers()}
+        values.update({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
+                       for k, v in feeds.items()})
+        for index in order:
+            node = self.nodes[index]
+            if not node.supported:
+                raise Unsupported(f"{node.op_type} (node '{node.name}') is not supported by the recovery engine")
+            inputs = [values[name] if name else None for name in node.inputs]
+            results = OPS[node.op_type](inputs, node.attrs, node.context)
+            for name, result in zip(node.outputs, results):
+                if name:
+                    values[name] = result
+            for name in free.get(index, ()):
+                values.pop(name, None)
+        return {name: values[name] for name in outputs}
+
+
+def write_back(model: onnx.ModelProto, params: Mapping[str, torch.Tensor | np.ndarray]) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers named in ``params`` hold the given values.
+
+    Each keeps its name, dtype and shape (a shape mismatch raises ``ValueError``); the
+    rest of the model is an exact copy.
+    """
+    result = copy.deepcopy(model)
+    remaining = dict(params)
+    for initializer in result.graph.initializer:
+        if initializer.name not in remaining:
+            continue
+        value = remaining.pop(initializer.name)
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        dtype = helper.tensor_dtype_to_np_dtype(initializer.data_type)
+        shape = tuple(initializer.dims)
+        if tuple(value.shape) != shape:
+            raise ValueError(f"initializer '{initializer.name}': shape {tuple(value.shape)} != {shape}")
+        initializer.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), initializer.name))
+    if remaining:
+        raise ValueError(f"not initializers of the model: {', '.join(sorted(remaining))}")
+    return result

@@ -1,0 +1,123 @@
+"""Distillation: it lowers the held-out loss of a decomposed model, is deterministic, and
+its guards keep the student's weights (non-finite loss, no gain, an op it cannot run)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
+
+from onnxopt.recover import changed_layers, distill  # noqa: E402
+from onnxopt.recover.distillation import DistillOptions  # noqa: E402
+from tests.helpers import relative_error, run_ort  # noqa: E402
+from tests.recover.models import batches, decomposed, initializers, teacher_model, with_node_between  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pair():
+    teacher = teacher_model()
+    student = decomposed(teacher)
+    return teacher, student, [o for layer in changed_layers(student) for o in layer.outputs]
+
+
+def test_changed_layers_are_the_marked_groups_with_their_kept_output_names(pair):
+    _, student, outputs = pair
+    layers = changed_layers(student)
+    assert [layer.source for layer in layers] == ["conv0", "conv1", "conv2"]
+    assert outputs == ["c0", "c1", "c2"]
+    assert layers[0].nodes == ["conv0/tucker_first", "conv0/tucker_core", "conv0/tucker_last"]
+
+
+def test_recovery_lowers_the_held_out_loss_and_only_touches_changed_weights(pair):
+    teacher, student, outputs = pair
+    result = distill(teacher, student, outputs, batches(), DistillOptions(steps=40, lr=1e-2))
+    assert result.model is not None, result.reason
+    assert result.loss_after < 0.9 * result.loss_before, (result.loss_before, result.loss_after)
+    assert result.steps >= 1 and result.lr == 1e-2 and result.seconds > 0
+    assert set(result.targets) == {"c0", "c1", "c2", "r2"}
+    assert all("/tucker_" in name or name.startswith("B") for name in result.trainable)
+    before, after = initializers(student), initializers(result.model)
+    assert list(before) == list(after)
+    assert all(before[k].shape == after[k].shape and before[k].dtype == after[k].dtype for k in before)
+    assert any(not np.array_equal(before[k], after[k]) for k in result.trainable)
+    assert result.model.graph.node == student.graph.node
+    # fresh samples of the same distribution: the recovered student is closer to the teacher
+    fresh = [feeds for feeds in batches(count=3, seed=42)()]
+    error = {name: np.mean([relative_error(run_ort(teacher, f)[0], run_ort(model, f)[0]) for f in fresh])
+             for name, model in (("before", student), ("after", result.model))}
+    assert error["after"] < error["before"], error
+
+
+def test_same_seed_gives_identical_weights(pair):
+    teacher, student, outputs = pair
+    options = DistillOptions(steps=6, lr=1e-2, eval_every=3)
+    first = distill(teacher, student, outputs, batches(count=4), options)
+    second = distill(teacher, student, outputs, batches(count=4), options)
+    assert first.model is not None and second.model is not None
+    assert first.model.SerializeToString() == second.model.SerializeToString()
+
+
+def test_auto_learning_rate_tries_the_candidates_and_keeps_the_best(pair):
+    teacher, student, outputs = pair
+    options = DistillOptions(steps=10, lr="auto", probe_steps=3, lr_candidates=(1e-4, 1e-2))
+    result = distill(teacher, student, outputs, batches(count=4), options)
+    assert set(result.lr_trials) == {1e-4, 1e-2}
+    assert result.lr == min(result.lr_trials, key=result.lr_trials.get)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_weights(pair):
+    teacher, student, outputs = pair
+    result = distill(teacher, student, outputs, batches(count=4), DistillOptions(steps=5, lr=1e30))
+    assert result.model is None
+    assert "non-finite" in result.reason and "kept the weights from before recovery" in result.reason
+
+
+def test_a_worse_held_out_loss_keeps_the_weights():
+    teacher = teacher_model()
+    student = teacher_model()  # a student equal to its teacher can only get worse
+    perturbed = initializers(student)["W1"] * 1.01
+    from onnx import numpy_helper
+
+    index = next(i for i, t in enumerate(student.graph.initializer) if t.name == "W1")
+    student.graph.initializer[index].CopyFrom(numpy_helper.from_array(perturbed, "W1"))
+    result = distill(teacher, student, ["c1"], batches(count=4), DistillOptions(steps=3, lr=0.5, eval_every=1))
+    assert result.model is None, (result.loss_before, result.loss_after)
+    assert "did not improve" in result.reason and "kept the weights" in result.reason
+    assert result.trainable == ["W1", "B1"]
+
+
+def test_an_op_the_engine_cannot_run_leaves_the_student_unchanged_and_is_named(pair):
+    teacher, student, outputs = pair
+    result = distill(with_node_between(teacher, "Celu", "r0"), with_node_between(student, "Celu", "r0"),
+                     outputs, batches(count=4), DistillOptions(steps=3, lr=1e-2))
+    assert result.model is None and "Celu" in result.reason
+
+
+def test_one_batch_is_not_enough_to_hold_any_out(pair):
+    teacher, student, outputs = pair
+    result = distill(teacher, student, outputs, batches(count=1), DistillOptions(steps=3, lr=1e-2))
+    assert result.model is None and "at least 2 batches" in result.reason
+
+
+def test_an_exhausted_time_budget_trains_nothing(pair):
+    teacher, student, outputs = pair
+    result = distill(teacher, student, outputs, batches(count=4), DistillOptions(steps=3, lr=1e-2, time_budget=1e-9))
+    assert result.model is None and "time budget" in result.reason
+
+
+def test_scope_all_trains_every_weight_tensor(pair):
+    teacher, student, _ = pair
+    result = distill(teacher, student, [], batches(count=4), DistillOptions(steps=4, lr=1e-3, scope="all"))
+    assert set(result.trainable) == {t.name for t in student.graph.initializer}
+    assert result.targets == ["r2"]
+
+
+def test_data_without_the_model_input_is_a_reason_not_a_traceback(pair):
+    teacher, student, outputs = pair
+
+    def wrong():
+        return iter([{"image": np.zeros((1, 16, 8, 8), np.float32)}] * 3)
+
+    result = distill(teacher, student, outputs, wrong, DistillOptions(steps=3, lr=1e-2))
+    assert result.model is None and "no value for input(s) x" in result.reason

@@ -1,0 +1,95 @@
+"""The ``recover`` pass: bad input is a usage error, nothing to do is a skip with a reason,
+and after a decomposition it writes trained values into the same initializers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxopt.passes.recover  # noqa: F401  (registers "recover"; the lead adds it to passes/__init__)
+import pytest
+
+import onnxopt.recover
+from onnxopt.errors import UsageError
+from onnxopt.passbase import PassContext
+from onnxopt.registry import build_options, get
+from tests.passes.models import run_pass
+from tests.recover.models import batches, decomposed, initializers, teacher_model
+
+
+
+def context(teacher=None, data=True, **fields):
+    ctx = PassContext(calibration=batches() if data else None, calibration_description="synthetic", **fields)
+    ctx.teacher = teacher  # the lead adds this field to PassContext
+    return ctx
+
+
+def test_registered_with_options_and_capability():
+    cls = get("recover")
+    assert cls.needs_data and not cls.lossless
+    assert "needs calibration data" in cls.capability()
+    assert build_options(cls, {"lr": "auto"}).lr == "auto"
+    assert build_options(cls, {"lr": "1e-4", "steps": "5", "scope": "all"}).lr == 1e-4
+    with pytest.raises(UsageError):
+        build_options(cls, {"scope": "some"})
+
+
+def test_without_data_is_a_usage_error():
+    teacher = teacher_model()
+    with pytest.raises(UsageError, match="recover needs --data"):
+        run_pass("recover", decomposed(teacher), context=context(teacher, data=False))
+
+
+def test_without_torch_is_a_usage_error_naming_the_install_command(monkeypatch):
+    monkeypatch.setattr(onnxopt.recover, "available", lambda: (False, "torch missing; " + onnxopt.recover.INSTALL))
+    teacher = teacher_model()
+    with pytest.raises(UsageError, match=r'pip install "onnxopt\[recover\]"'):
+        run_pass("recover", decomposed(teacher), context=context(teacher))
+
+
+def test_nothing_changed_is_skipped_with_the_reason():
+    teacher = teacher_model()
+    out, opt = run_pass("recover", teacher, context=context(teacher))
+    assert opt.report.status == "skipped" and "no layer was changed" in opt.report.skipped_reason
+    assert out.graph.initializer == teacher.graph.initializer
+
+
+def test_without_a_teacher_is_skipped_with_the_reason():
+    teacher = teacher_model()
+    _, opt = run_pass("recover", decomposed(teacher), context=context(None))
+    assert opt.report.status == "skipped" and "no teacher" in opt.report.skipped_reason
+
+
+def test_recover_after_tucker_trains_the_same_initializers():
+    teacher = teacher_model()
+    student = decomposed(teacher)
+    out, opt = run_pass("recover", student, context=context(teacher), steps=30, lr=1e-2)
+    figures = opt.report.figures
+    assert opt.report.modified, opt.report.skipped_reason
+    assert figures["loss_after"] < figures["loss_before"]
+    assert figures["lr"] == 1e-2 and figures["steps"] >= 1 and figures["trainable_tensors"] == 12
+    assert [a["node"] for a in opt.report.applied] == ["conv0", "conv1", "conv2"]
+    before, after = initializers(student), initializers(out)
+    assert list(before) == list(after)
+    assert all(before[k].shape == after[k].shape and before[k].dtype == after[k].dtype for k in before)
+    assert any(not np.array_equal(before[k], after[k]) for k in before)
+    assert [n.name for n in out.graph.node] == [n.name for n in student.graph.node]
+
+
+def test_a_guard_leaves_the_model_unchanged_with_the_reason():
+    teacher = teacher_model()
+    student = decomposed(teacher)
+    out, opt = run_pass("recover", student, context=context(teacher), steps=5, lr=1e30)
+    assert opt.report.status == "skipped" and "non-finite" in opt.report.skipped_reason
+    assert initializers(out).keys() == initializers(student).keys()
+    assert all(np.array_equal(initializers(out)[k], v) for k, v in initializers(student).items())
+
+
+def test_teacher_may_be_an_ir_model():
+    teacher = teacher_model()
+    _, opt = run_pass("recover", decomposed(teacher), context=context(ir.from_proto(teacher)), steps=3, lr=1e-2)
+    assert opt.report.figures["steps"] >= 1
+
+
+def test_the_recover_extra_is_installed_here():
+    """make test installs torch: a missing engine must fail the suite, not skip its tests."""
+    assert onnxopt.recover.available()[0], onnxopt.recover.available()[1]
