@@ -10,17 +10,20 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxopt.passes.auto as auto_module  # registers "auto"
+import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import pytest
 
+import onnxopt.search.clock as clock_module
+import onnxopt.search.measure as measure_module
 from onnxopt import api
 from onnxopt.passbase import PassContext
 from onnxopt.pipeline import run_passes
 from onnxopt.registry import PassSpec, build_passes
+from onnxopt.search import run_search
 from onnxopt.validate.metrics import Tolerances
-from tests.auto.fakes import FakeClock, FakeTime, conv_net
-from tests.auto.fakes import FakeEvaluator as _FakeEvaluator
 from tests.helpers import SHARED_IMAGES, SHARED_MODELS
+from tests.search.fakes import FakeClock, FakeTime, conv_net
+from tests.search.fakes import FakeEvaluator as _FakeEvaluator
 
 CONVS = {"conv1", "conv2", "conv3"}
 SHAPE = (1, 32, 16, 16)
@@ -69,7 +72,7 @@ def run_fake(model, evaluator, context: dict | None = None, **options):
     options.setdefault("min_macs", 0)
     options.setdefault("margin", 0.0)
     batches = [{"x": np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32)} for i in range(4)]
-    ctx = PassContext(evaluator=evaluator, calibration=lambda: iter(batches), **(context or {}))
+    ctx = PassContext(evaluator=evaluator, calibration=lambda: iter(batches), search=run_search, **(context or {}))
     result, reports = run_passes(ir.from_proto(model), build_passes([PassSpec("auto", options)], ctx))
     return ir.to_proto(result), reports[0]
 
@@ -137,7 +140,7 @@ def test_shapes_inference_cannot_give_come_from_one_run(model, monkeypatch):
 def test_the_report_says_where_the_time_went(model, monkeypatch):
     """With a fake clock (10 s per score, 1 s per timed model) the phase table adds up."""
     clock = FakeClock()
-    monkeypatch.setattr(auto_module, "time", FakeTime(clock))
+    monkeypatch.setattr(clock_module, "time", FakeTime(clock))
     evaluator = FakeEvaluator(model, sensitivity=dict.fromkeys(CONVS, 0.0002), quant_error_default=0.001,
                               clock=clock, score_seconds=10, latency_seconds=1)
     _, report = run_fake(model, evaluator, context={"input_shapes": {"x": SHAPE}}, methods=("tucker",),
@@ -166,7 +169,7 @@ def test_quantization_attempts_that_fail_are_screened_on_a_few_samples(model, mo
     is known to be slow, further attempts are scored on 16 samples first and those that
     fail there are not scored on the whole split."""
     clock = FakeClock()
-    monkeypatch.setattr(auto_module, "time", FakeTime(clock))
+    monkeypatch.setattr(clock_module, "time", FakeTime(clock))
     evaluator = FakeEvaluator(model, sensitivity=dict.fromkeys(CONVS, 0.0002), quant_error={"conv2": 0.02},
                               clock=clock, score_seconds=10, latency_seconds=0.01, ns_per_mac=0.01)
     _, report = run_fake(model, evaluator, context={"input_shapes": {"x": SHAPE}}, methods=("tucker",),
@@ -185,8 +188,8 @@ def test_whole_model_timing_rounds_shrink_for_a_slow_model(model, monkeypatch):
     latency = evaluator.latency
     monkeypatch.setattr(evaluator, "latency", lambda models, n=None, **kw: (runs.append(n), latency(models, n, **kw))[1])
     _, report = run_fake(model, evaluator, context={"input_shapes": {"x": SHAPE}}, methods=("tucker",))
-    assert report.figures["whole_model_timing_runs"] == auto_module.WHOLE_MODEL_MIN_RUNS
-    assert runs[0] == auto_module.LATENCY_PROBE_RUNS and 20 not in runs[:2]
+    assert report.figures["whole_model_timing_runs"] == measure_module.WHOLE_MODEL_MIN_RUNS
+    assert runs[0] == measure_module.LATENCY_PROBE_RUNS and 20 not in runs[:2]
 
 
 # ---------------------------------------------------------------------------- a real detector

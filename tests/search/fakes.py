@@ -90,7 +90,7 @@ class FakeClock:
 
 
 class FakeTime:
-    """Stands in for the ``time`` module inside ``onnxopt.passes.auto``."""
+    """Stands in for the ``time`` module inside ``onnxopt.search.clock`` (every reading of the search's time)."""
 
     def __init__(self, clock: FakeClock):
         self.clock = clock

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from onnxopt.validate.evaluator import SplitEvaluator
 from onnxopt.validate.inputs import model_inputs, random_source
 from onnxopt.validate.metrics import Tolerances
-from tests.auto.fakes import conv_net
+from tests.search.fakes import conv_net
 
 
 @pytest.fixture(scope="module")

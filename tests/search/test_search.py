@@ -1,6 +1,6 @@
 """The ``auto`` search logic, driven by a deterministic fake evaluator (no timing noise).
 
-See ``tests/auto/fakes.py`` for how the fake turns a model into a latency and a score.
+See ``tests/search/fakes.py`` for how the fake turns a model into a latency and a score.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import onnx_ir as ir
 import onnxopt.passes.auto as auto_module  # registers "auto" (the package __init__ may not yet)
 import pytest
 
+import onnxopt.search.clock as clock_module
 from onnxopt import api
 from onnxopt.errors import UsageError
 from onnxopt.passbase import PassContext
 from onnxopt.pipeline import run_passes
 from onnxopt.registry import PassSpec, build_passes, load_config, parse_spec
-from tests.auto.fakes import FakeClock, FakeEvaluator, FakeTime, calibration, conv_net
+from onnxopt.search import default_cache_dir, run_search
+from tests.search.fakes import FakeClock, FakeEvaluator, FakeTime, calibration, conv_net
 
 CONVS = {"conv1", "conv2", "conv3"}
 
@@ -29,7 +31,7 @@ def run_auto(model, evaluator, *, context: dict | None = None, **options):
     options.setdefault("cache", False)
     options.setdefault("min_macs", 0)
     options.setdefault("margin", 0.0)  # budgets below are designed on the exact threshold
-    ctx = PassContext(evaluator=evaluator, calibration=calibration(model), **(context or {}))
+    ctx = PassContext(evaluator=evaluator, calibration=calibration(model), search=run_search, **(context or {}))
     passes = build_passes([PassSpec("auto", options)], ctx)
     result, reports = run_passes(ir.from_proto(model), passes)
     return ir.to_proto(result), reports[0]
@@ -73,9 +75,9 @@ def test_capability_and_options():
 
 def test_default_cache_dir_respects_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert auto_module.default_cache_dir() == tmp_path / "onnxopt" / "auto"
+    assert default_cache_dir() == tmp_path / "onnxopt" / "auto"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert str(auto_module.default_cache_dir()).endswith(".cache/onnxopt/auto")
+    assert str(default_cache_dir()).endswith(".cache/onnxopt/auto")
 
 
 # ---------------------------------------------------------------------------- greedy search
@@ -175,7 +177,7 @@ def test_a_result_that_fails_the_holdout_split_is_not_kept(model):
 def test_time_budget_bounds_the_search(model, monkeypatch):
     def run(budget):
         clock = FakeClock()
-        monkeypatch.setattr(auto_module, "time", FakeTime(clock))
+        monkeypatch.setattr(clock_module, "time", FakeTime(clock))
         evaluator = FakeEvaluator(model, sensitivity=dict.fromkeys(CONVS, 0.0002), clock=clock,
                                   score_seconds=10, latency_seconds=1)
         context = {"time_budget": budget} if budget else {}
@@ -195,7 +197,7 @@ def test_time_budget_bounds_the_search(model, monkeypatch):
 
 def test_option_time_budget_overrides_the_context(model, monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(auto_module, "time", FakeTime(clock))
+    monkeypatch.setattr(clock_module, "time", FakeTime(clock))
     evaluator = FakeEvaluator(model, sensitivity=dict.fromkeys(CONVS, 0.0002), clock=clock)
     _, report = run_auto(model, evaluator, context={"time_budget": 1e6}, time_budget=30)
     assert report.figures["time_budget"] == 30 and "stopped" in report.figures
