@@ -247,7 +247,7 @@ def command(files, as_json, strict, disable, max_size, max_macs, max_params, ops
         summary_line,
         validate_rule_ids,
     )
-    from onnxopt.validate.metrics import Tolerances
+    from onnxopt.validate.tolerances import Tolerances
 
     if config_path and not Path(config_path).is_file():
         raise UsageError(f"config file '{config_path}' not found")

@@ -11,8 +11,9 @@ from onnx import helper, numpy_helper
 
 from onnxopt import check
 from onnxopt.check import CheckConfig, Finding, check_model_file, failed, parse_count, parse_size
+from onnxopt.check.rules import model_format
 from onnxopt.errors import UsageError
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.tolerances import Tolerances
 from tests.check.corpus import _add_model, _external
 from tests.helpers import run_ort, tiny_conv_model
 
@@ -251,7 +252,7 @@ def test_hints(tmp_path):
 
 def test_size_warning_near_the_limit(tmp_path, monkeypatch):
     path = _save(tmp_path, tiny_conv_model())
-    monkeypatch.setattr(check, "SIZE_WARNING_BYTES", 100)
+    monkeypatch.setattr(model_format, "SIZE_WARNING_BYTES", 100)
     findings = check_model_file(path)
     assert ("size", "warning") in [(f.rule, f.level) for f in findings]
 
