@@ -5,6 +5,7 @@ Public API (see README "Python API")::
     import onnxopt
     model, report = onnxopt.optimize("model.onnx", passes="simplify")
     onnxopt.save(model, "out.onnx")
+    result = onnxopt.run("model.onnx", "simplify,int8", output="out.onnx", data="images/")  # as the CLI
 
 Pass classes are importable by name, e.g. ``from onnxopt.passes import SimplifyPass``.
 The names below are imported on first use, so that ``import onnxopt`` (and the CLI's
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "optimize": "onnxopt.api",
+    "run": "onnxopt.api",
     "load": "onnxopt.api",
     "save": "onnxopt.api",
     "PassContext": "onnxopt.passbase",
@@ -27,7 +29,7 @@ _LAZY = {
     "RunReport": "onnxopt.report",
 }
 
-__all__ = ["PassContext", "PassReport", "RunReport", "__version__", "load", "optimize", "save"]
+__all__ = ["PassContext", "PassReport", "RunReport", "__version__", "load", "optimize", "run", "save"]
 
 
 def __getattr__(name: str) -> Any:

@@ -53,7 +53,7 @@ class PassFailed(OnnxoptError):
         self.reason = reason
 
 
-def one_line(exc: BaseException, limit: int = 300) -> str:
+def one_line(exc: BaseException, limit: int = 300) -> str:  # TEMP-SHIM (lead removes): use onnxopt.runtime.first_line
     """An exception's message as one line (whitespace collapsed), for one-line errors."""
     text = " ".join(str(exc).split())
     if not text:

@@ -9,13 +9,12 @@ Rules this module enforces for every command:
 * Outputs are written to a temporary file in the target folder and renamed into place, so
   a failure never leaves a truncated or half-written output.
 * Models larger than 2 GB (the protobuf limit) are saved with external data beside them.
-* The input's IR version is kept; an IR version the installed onnxruntime cannot load
-  (onnx 1.23 writes IR 14 by default, onnxruntime 1.31 stops at 13) is clamped on save.
+* The input's IR version is kept; one the installed onnxruntime cannot load is clamped on
+  save (:mod:`onnxopt.runtime.ir_version`).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sys
@@ -27,10 +26,15 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onnxopt.errors import InputError, UsageError, one_line
+from onnxopt.errors import InputError, UsageError
 from onnxopt.irutil import PROTOBUF_LIMIT  # bytes; larger models need external data
+from onnxopt.runtime import first_line
+from onnxopt.runtime.ir_version import clamp_ir_version
 
 logger = logging.getLogger(__name__)
+
+# the IR-version facts live in onnxopt.runtime.ir_version now
+from onnxopt.runtime.ir_version import max_runtime_ir_version, runnable_bytes  # noqa: E402,F401  # TEMP-SHIM (lead removes)
 
 STDIO = "-"
 
@@ -139,7 +143,9 @@ def check_model(model: onnx.ModelProto, origin: str) -> None:
             return  # the checker cannot serialise it; onnxruntime will catch real problems
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
-        raise InputError(f"{origin}: the model fails the ONNX checker: {one_line(exc)}") from None
+        # the checker's point often comes after a line break ("... of node:\nname: ... is not output of ...")
+        message = " ".join(str(exc).split())
+        raise InputError(f"{origin}: the model fails the ONNX checker: {first_line(message)}") from None
 
 
 def load(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> ir.Model:
@@ -151,62 +157,6 @@ def load(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> ir.Mode
         return ir.from_proto(proto)
     except Exception as exc:  # onnx_ir rejects some malformed graphs the checker allows
         raise InputError(f"{origin}: cannot read the graph: {exc}") from None
-
-
-@functools.cache
-def max_runtime_ir_version() -> int:
-    """The highest IR version the installed onnxruntime loads (probed once, quietly)."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    for version in range(onnx.IR_VERSION, 6, -1):
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = version
-        try:
-            ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-            )
-            return version
-        except Exception:
-            continue
-    return 7
-
-
-def _min_ir_version_for(model: onnx.ModelProto) -> int:
-    opsets = [(o.domain or "ai.onnx", o.version) for o in model.opset_import]
-    try:
-        return onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
-    except Exception:
-        return 3
-
-
-def clamp_ir_version(model: onnx.ModelProto, original_ir_version: int | None = None) -> None:
-    """Keep the input's IR version where possible; never exceed what onnxruntime loads."""
-    wanted = original_ir_version or model.ir_version
-    # A pass may raise the opset (e.g. quantization); the IR version must follow it.
-    wanted = max(wanted, _min_ir_version_for(model))
-    model.ir_version = min(wanted, max_runtime_ir_version())
-
-
-def runnable_bytes(model: onnx.ModelProto | bytes) -> bytes:
-    """The model serialized as onnxruntime can load it: an IR version newer than it supports
-    is clamped on a copy (the caller's model is untouched)."""
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    if model.ir_version <= max_runtime_ir_version():
-        return model.SerializeToString()
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    clamp_ir_version(copy)
-    return copy.SerializeToString()
 
 
 def _list_initializers_as_inputs(model: onnx.ModelProto) -> None:

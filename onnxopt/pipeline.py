@@ -1,31 +1,117 @@
-"""Run a list of passes, time each one, then the cleanup every pipeline ends with.
+"""A pipeline as data, and running it: passes in order, each timed, then the cleanup.
+
+:class:`Pipeline` is the spec parsed once: a tuple of steps (pass class, typed options,
+the spec it came from), built by :meth:`Pipeline.parse` from a spec string, a list of
+:class:`~onnxopt.registry.PassSpec` or a config file, and validated whole before any
+model is read. The API carries it from start to end instead of the spec text.
 
 Cleanup (always, after the user's passes): remove unused nodes and initializers, then
 sort topologically. The ONNX checker runs on the final protobuf (see ``onnxopt.api``)
-because that is what gets written.
-
-A pass that raises stops the run with :class:`~onnxopt.errors.PassFailed` naming the
-pass; the caller then writes nothing.
+because that is what gets written. A pass that raises stops the run with
+:class:`~onnxopt.errors.PassFailed` naming the pass; the caller then writes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, TopologicalSortPass
 
-from onnxopt.errors import OnnxoptError, PassFailed, one_line
-from onnxopt.passbase import OptimizerPass
+from onnxopt.errors import OnnxoptError, PassFailed, UsageError
+from onnxopt.passbase import OptimizerPass, PassContext
+from onnxopt.registry import PassSpec, build_options, get, load_config, parse_spec
 from onnxopt.report import PassReport
+from onnxopt.runtime import first_line
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One pass of a pipeline: its class, its typed options and the spec it was built from."""
+
+    spec: PassSpec
+    pass_class: type[OptimizerPass]
+    options: Any  # an instance of pass_class.Options
+
+    @classmethod
+    def from_spec(cls, spec: PassSpec) -> Step:
+        pass_class = get(spec.name)
+        return cls(spec, pass_class, build_options(pass_class, spec.options))
+
+    def has_option(self, name: str) -> bool:
+        options_cls = self.pass_class.Options
+        return dataclasses.is_dataclass(options_cls) and name in {f.name for f in dataclasses.fields(options_cls)}
+
+    def with_option(self, name: str, value: Any) -> Step:
+        """The same step with one more option set (typed and checked like the spec's own)."""
+        return Step.from_spec(PassSpec(self.spec.name, {**self.spec.options, name: value}))
+
+    def uses_data(self) -> bool:
+        return self.pass_class.uses_data(self.options)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The passes to run, in order; every name and option already checked."""
+
+    steps: tuple[Step, ...]
+
+    @classmethod
+    def from_specs(cls, specs: Sequence[PassSpec]) -> Pipeline:
+        """All specs are validated (names, option names and values) before the pipeline exists."""
+        return cls(tuple(Step.from_spec(spec) for spec in specs))
+
+    @classmethod
+    def parse(
+        cls,
+        passes: str | Sequence[PassSpec] | Pipeline | None = None,
+        config: str | os.PathLike | None = None,
+    ) -> Pipeline:
+        """The pipeline from a spec string, a list of specs, or a config file (exactly one)."""
+        if isinstance(passes, Pipeline) and config is None:
+            return passes
+        if passes is not None and config is not None:
+            raise UsageError("give either --passes or --config, not both")
+        if config is not None:
+            return cls.from_specs(load_config(config))
+        if passes is None or (isinstance(passes, str) and not passes.strip()):
+            raise UsageError("give --passes or --config ('onnxopt passes' lists the passes)")
+        return cls.from_specs(parse_spec(passes) if isinstance(passes, str) else list(passes))
+
+    @property
+    def specs(self) -> list[PassSpec]:
+        return [step.spec for step in self.steps]
+
+    @property
+    def pass_classes(self) -> list[type[OptimizerPass]]:
+        return [step.pass_class for step in self.steps]
+
+    def uses_data(self) -> bool:
+        """Whether any pass, as configured, reads calibration data."""
+        return any(step.uses_data() for step in self.steps)
+
+    def needs_evaluator(self) -> bool:
+        """Whether a search pass (``auto``) is in it: it measures candidates."""
+        return any(step.pass_class.needs_evaluator for step in self.steps)
+
+    def instantiate(self, context: PassContext | None = None) -> list[OptimizerPass]:
+        """Fresh pass objects (a pass keeps its report), sharing ``context``."""
+        return [step.pass_class(step.options, context) for step in self.steps]
+
+    def __str__(self) -> str:
+        return ",".join(str(spec) for spec in self.specs)
+
+
 def _reason(exc: BaseException) -> str:
-    text = one_line(exc)
+    text = first_line(exc)
     return type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 

@@ -1,22 +1,16 @@
 """Pass names, pass specs and pipeline config files.
 
-Spec grammar (CLI ``--passes``)::
+Spec grammar (CLI ``--passes``), e.g. ``simplify,tucker:energy=0.95:min_macs=1e6,fp16``::
 
     spec    := pass ("," pass)*
     pass    := name (":" option)*
     option  := key "=" value | key          # a bare key sets a boolean option to true
     value   := scalar | scalar ("|" scalar)+  # "|" separates list items (globs)
 
-e.g. ``simplify,tucker:energy=0.95:min_macs=1e6,fp16``. Values are typed from the pass's
-``Options`` dataclass. Config files (YAML, TOML or JSON) hold the same pipeline::
-
-    passes:
-      - simplify
-      - {name: tucker, energy: 0.95, min_macs: 1e6}
-      - fp16
-
-(``passes`` may also be a spec string.) Every mistake is a :class:`UsageError` naming the
-valid choices.
+Values are typed from the pass's ``Options`` dataclass. Config files (YAML, TOML or JSON)
+hold the same pipeline: ``passes:`` a spec string, or a list of names and tables
+(``- simplify``, ``- {name: tucker, energy: 0.95}``). Every mistake is a
+:class:`UsageError` naming the valid choices.
 """
 
 from __future__ import annotations
@@ -31,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxopt.errors import UsageError, one_line
+from onnxopt.errors import UsageError
 from onnxopt.passbase import OptimizerPass, PassContext
+from onnxopt.runtime import first_line
 
 _PASSES: dict[str, type[OptimizerPass]] = {}
 _ALIASES: dict[str, str] = {}
@@ -129,7 +124,8 @@ def _load_config_data(path: Path) -> Any:
 
             return yaml.safe_load(text)
     except Exception as exc:
-        raise UsageError(f"{path}: invalid {suffix[1:].upper()} config: {one_line(exc)}") from None
+        message = " ".join(str(exc).split())  # YAML's says where on its later lines
+        raise UsageError(f"{path}: invalid {suffix[1:].upper()} config: {first_line(message or exc)}") from None
     raise UsageError(f"{path}: unknown config format '{suffix}'; valid: .yaml, .yml, .toml, .json")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,24 @@ class RunReport:
             "output": self.output,
             "written": self.written,
         }
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON text (numpy scalars and arrays as numbers and lists)."""
+    return json.dumps(data, indent=2, default=_json_default) + "\n"
+
+
+def _json_default(value: Any):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
 
 
 def human_count(value: float | int | None) -> str:

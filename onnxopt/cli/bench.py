@@ -9,19 +9,13 @@ mean nothing for a latency measurement, so they are left out.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from onnxopt.cli.common import emit_json, is_quiet, stderr_console, stdout_console, verbosity_options
-from onnxopt.cli.validation_options import build_source, data_options, provider_option
+from onnxopt.cli.common import emit_json, note, table_console, verbosity_options
+from onnxopt.cli.validation_options import build_feeds, input_options, provider_option
 from onnxopt.errors import UsageError
-
-if TYPE_CHECKING:
-    import numpy as np
-    import onnx
-
-INPUT_OPTIONS = ("data", "preprocess", "input_shape", "batch_size", "seed")
 
 # Defaults for two models (an A/B comparison); see HELP and onnxopt.bench.latency.
 AB_MIN_TIME = 1.0  # seconds of timed rounds at least
@@ -48,77 +42,6 @@ Examples:
   onnxopt bench model.onnx --runs 200
   onnxopt bench model.onnx model.opt.onnx --batch-size 8 --threads 1 --json
 """
-
-
-def input_options(func):
-    """``--data --preprocess --input-shape --batch-size --seed``, as ``data_options`` defines them.
-
-    Reuses the option objects of :func:`~onnxopt.cli.validation_options.data_options`
-    (same spelling, defaults and help as ``onnxopt compare``) without the ones a
-    measurement has no use for.
-    """
-    holder = data_options(lambda **_: None)
-    picked = [param for param in holder.__click_params__ if param.name in INPUT_OPTIONS]
-    if not hasattr(func, "__click_params__"):
-        func.__click_params__ = []
-    func.__click_params__.extend(picked)
-    return func
-
-
-def batch_size_of(opts: dict[str, Any]) -> int:
-    """Samples per run: ``--batch-size``, or else the first dimension given by ``--input-shape``.
-
-    For a latency measurement ``--input-shape input:8x3x224x224`` means a batch of 8; the
-    data options take the batch from ``--batch-size`` only, so without an explicit
-    ``--batch-size`` the shapes' common first dimension is used. The two must agree when
-    both are given.
-    """
-    from onnxopt.validate.inputs import parse_input_shapes
-
-    batch_size = opts.get("batch_size") or 1
-    firsts = {dims[0] for dims in parse_input_shapes(opts.get("input_shape") or ()).values() if dims}
-    ctx = click.get_current_context(silent=True)
-    explicit = ctx is None or ctx.get_parameter_source("batch_size") != click.core.ParameterSource.DEFAULT
-    if len(firsts) == 1:
-        (first,) = firsts
-        if not explicit:
-            return first
-        if first != batch_size:
-            raise UsageError(
-                f"--batch-size {batch_size} and the first dimension of --input-shape ({first}) disagree"
-            )
-    return batch_size
-
-
-def build_feeds(model: onnx.ModelProto, opts: dict[str, Any]) -> dict[str, np.ndarray]:
-    """One full batch of inputs for ``model`` from the input options (random by default)."""
-    batch_size = batch_size_of(opts)
-    # A random source needs at least one batch of samples.
-    samples = batch_size if opts.get("data") is None else None
-    source = build_source(model, **{**opts, "batch_size": batch_size, "samples": samples})
-    wanted = source.effective_batch_size(batch_size)
-    batch = next(iter(source.batches(batch_size)), None)
-    if batch is None or len(batch) < wanted:
-        raise UsageError(f"--data has fewer samples ({len(source)}) than one batch ({wanted})")
-    return batch.feeds
-
-
-def note(message: str) -> None:
-    """A one-line note on stderr (not with --quiet)."""
-    if not is_quiet():
-        stderr_console().print(f"note: {message}", markup=False, highlight=False)
-
-
-def table_console():
-    """The stdout console for result tables; wide when stdout is not a terminal.
-
-    rich sizes tables to 80 columns when writing to a pipe or a file, which cuts long
-    model paths and node names; a file should hold whole rows instead.
-    """
-    console = stdout_console()
-    if not console.is_terminal:
-        console.width = max(console.width, 200)
-    return console
 
 
 def _ms(value: float) -> str:

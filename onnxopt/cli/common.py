@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import sys
@@ -17,6 +16,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import click
+
+from onnxopt.report import json_text
 
 EXIT_CODES_HELP = """
 \b
@@ -80,27 +81,28 @@ def stdout_console():
     return Console(file=sys.stdout)
 
 
-def json_text(data: Any) -> str:
-    return json.dumps(data, indent=2, default=_json_default) + "\n"
+def note(message: str) -> None:
+    """A one-line note on stderr (not with --quiet)."""
+    if not is_quiet():
+        stderr_console().print(f"note: {message}", markup=False, highlight=False)
+
+
+def table_console():
+    """The stdout console for result tables; wide when stdout is not a terminal.
+
+    rich sizes tables to 80 columns when writing to a pipe or a file, which cuts long
+    model paths and node names; a file should hold whole rows instead.
+    """
+    console = stdout_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 200)
+    return console
 
 
 def emit_json(data: Any, stream=None) -> None:
     stream = stream if stream is not None else sys.stdout
     stream.write(json_text(data))
     stream.flush()
-
-
-def _json_default(value: Any):
-    try:
-        import numpy as np
-
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.ndarray):
-            return value.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    return str(value)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from onnxopt.cli.common import (
     EXIT_CODES_HELP,
     emit_json,
     is_quiet,
-    json_text,
     reserved_stdout,
     stderr_console,
     verbosity_options,
@@ -77,57 +76,28 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
 
     if as_json and output == io.STDIO:
         raise UsageError("--json prints to stdout, which carries the model with -o -; use --report FILE")
-    if no_validate and (bench or min_speedup is not None):
-        raise UsageError("--bench/--min-speedup are part of validation; drop --no-validate")
-    # With --data, decomposition passes refit unless the spec says refit=false.
-    specs, default_notes = api.data_defaults(api.resolve_specs(passes, config), data_opts["data"] is not None)
     shapes = parse_input_shapes(data_opts["input_shape"])
     for option_name, path in (("--report", report_path), ("--save-config", save_config)):
         if path == io.STDIO:
             raise UsageError(f"{option_name} needs a file name ('-' is not supported; use --json for stdout)")
-    io.check_output_targets([output, report_path, save_config], [model], in_place)
 
     to_stdout = output == io.STDIO
     guard = reserved_stdout() if to_stdout else contextlib.nullcontext(None)
-    with guard as model_stream:
-        source = io.load_proto(model)
-        data = api.data_source(
-            source, data=data_opts["data"], preprocess=data_opts["preprocess"], input_shapes=shapes,
+    with guard as model_stream, _progress() as progress:
+        result = api.run(
+            model, passes, config=config, output=output, report_path=report_path, in_place=in_place, force=force,
+            data=data_opts["data"], preprocess=data_opts["preprocess"], input_shapes=shapes,
             samples=data_opts["samples"], batch_size=data_opts["batch_size"], seed=data_opts["seed"],
+            labels=build_labels(**data_opts), tolerances=build_tolerances(**data_opts),
+            providers=data_opts["providers"], validate=not no_validate, skip_reason="--no-validate",
+            bench=bench, min_speedup=min_speedup, calibration_samples=calibration_samples, jobs=jobs,
+            target=target, time_budget=time_budget, save_config=save_config,
+            origin="stdin" if model == io.STDIO else model, stdout=model_stream,
+            on_pass_start=progress.on_pass_start, on_progress=progress.update,
+            on_validation_progress=lambda done, total: progress.in_phase("validating: samples", done, total),
         )
-        tolerances = build_tolerances(**data_opts)
-        labels = build_labels(**data_opts)
-        context, data, notes = api.prepare_context(
-            source, specs, data, has_data=data_opts["data"] is not None,
-            calibration_samples=calibration_samples, batch_size=data_opts["batch_size"], jobs=jobs,
-            providers=data_opts["providers"], tolerances=tolerances, labels=labels, target=target,
-            time_budget=time_budget, save_config=save_config,
-        )
-        validation = None
-        if not no_validate:
-            validation = api.gate_settings(
-                specs, data, providers=data_opts["providers"], tolerances=tolerances,
-                labels=labels, batch_size=data_opts["batch_size"], bench=bench,
-                min_speedup=min_speedup,
-            )
-        with _progress() as progress:
-            context.progress = progress.update
-            optimized, report = api.optimize(
-                source, specs, context=context, input_shapes=shapes, on_pass_start=progress.on_pass_start,
-                validation=validation, origin="stdin" if model == io.STDIO else model,
-                on_validation_progress=lambda done, total: progress.in_phase("validating: samples", done, total),
-            )
-        report.notes.extend([*default_notes, *notes])
-        if no_validate:
-            report.validation["reason"] = "--no-validate"
-        report.output = output
-        failed = bool(report.validation and report.validation.get("passed") is False)
-        if not failed or force:
-            io.save_proto(optimized, output, stdout=model_stream)
-            report.written = True
 
-    if report_path is not None:
-        io.write_text_atomic(report_path, json_text(report.to_dict()))
+    report = result.report
     if as_json:
         emit_json(report.to_dict())
     elif not is_quiet():
@@ -136,13 +106,17 @@ def command(model, output, passes, config, in_place, report_path, as_json, jobs,
         render_run(report, stderr_console())
         if report.written and not to_stdout:
             stderr_console().print(f"wrote {output}")
-    if failed:
-        first = report.validation["failures"][0]
-        more = len(report.validation["failures"]) - 1
-        suffix = f" (and {more} more)" if more else ""
-        written = "written anyway (--force)" if report.written else "nothing written"
-        hint = f" — {report.validation['hint']}" if report.validation.get("hint") else ""
-        raise GateFailed(f"validation failed: {first}{suffix}; {written}{hint}")
+    if result.passed is False:
+        raise GateFailed(_gate_failure(report))
+
+
+def _gate_failure(report) -> str:
+    """The one line a failed gate exits with: its first failure, and whether anything was written."""
+    failures = report.validation["failures"]
+    suffix = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    written = "written anyway (--force)" if report.written else "nothing written"
+    hint = f" — {report.validation['hint']}" if report.validation.get("hint") else ""
+    return f"validation failed: {failures[0]}{suffix}; {written}{hint}"
 
 
 def _progress():

@@ -12,9 +12,8 @@ from typing import Any
 
 import click
 
-from onnxopt.cli.bench import build_feeds, input_options, note, table_console
-from onnxopt.cli.common import emit_json, verbosity_options
-from onnxopt.cli.validation_options import provider_option
+from onnxopt.cli.common import emit_json, note, table_console, verbosity_options
+from onnxopt.cli.validation_options import build_feeds, input_options, provider_option
 from onnxopt.errors import UsageError
 
 HELP = """Profile MODEL ('-' = stdin) with onnxruntime's profiler and rank its nodes by time.

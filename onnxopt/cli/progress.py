@@ -8,13 +8,11 @@
 
   at most one every :data:`PLAIN_INTERVAL_S` seconds while updates come in, the first one
   at once, the last state when the work ends (and a closing "finished" line); a heartbeat
-  repeats the current state every :data:`HEARTBEAT_S` seconds when a phase reports nothing
-  (a pass without progress callbacks), so that a long run is never silent.
+  repeats the current state every :data:`HEARTBEAT_S` seconds when a phase reports nothing.
 * ``-q``: nothing.
 
-The time left is estimated from the rate of the current task (same phase and total) since
-it started: ``elapsed_in_task / done · (total − done)``; it is left out when the total is
-unknown or nothing is done yet.
+Time left = ``elapsed_in_task / done · (total − done)`` for the current task (same phase
+and total); left out when the total is unknown or nothing is done yet.
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 """The metrics table of ``onnxopt compare`` and of ``optimize``'s validation gate.
 
-One renderer for both (issue 12, item 6a): ``optimize`` used to print the raw metric keys
-as headers (``max_abs_error``, ``rel_l2_error``, ``top1_agreement``), which an 80-column
-terminal cut to ``max_abs_e…``; both commands now print the compact table ``compare``
-always had. Rows are the JSON dicts of :meth:`onnxopt.validate.compare.CompareRow.to_dict`
-(``provider``, ``reference_provider``, ``output`` and the metrics of
-:class:`~onnxopt.validate.metrics.OutputMetrics`), which is also what the validation
-report stores, so either command can pass what it has.
+One renderer for both, with short headers that fit 80 columns. Rows are the JSON dicts of
+:meth:`onnxopt.validate.compare.CompareRow.to_dict` (``provider``, ``reference_provider``,
+``output`` and the metrics of :class:`~onnxopt.validate.metrics.OutputMetrics`), which is
+also what the validation report stores, so either command can pass what it has.
 
-Outputs of sequence models (issue 15) add a second small table, only when there are some:
-each token, embedding or integer output's kind, per-token cosine (padding excluded),
-the Spearman of pairwise similarities of sentence embeddings, and integer values that
-differ.
+Outputs of sequence models add a second small table, only when there are some: each
+token, embedding or integer output's kind, per-token cosine (padding excluded), the
+Spearman of pairwise similarities of sentence embeddings, and integer values that differ.
 """
 
 from __future__ import annotations

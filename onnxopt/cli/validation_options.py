@@ -1,7 +1,8 @@
 """Reusable click options for commands that run models on data and gate on the result.
 
-``onnxopt compare`` uses them now and ``onnxopt optimize`` for its validation gate, so both
-spell the options, their defaults and their errors the same way. Decorators add options;
+``onnxopt compare`` and ``onnxopt optimize`` (for its validation gate) use them, and
+``bench`` and ``profile`` their input part (:func:`input_options`, :func:`build_feeds`), so
+all spell the options, their defaults and their errors the same way. Decorators add options;
 builders turn the parsed values into library objects and accept the whole ``**kwargs`` of
 a command (unrelated keys are ignored)::
 
@@ -17,19 +18,21 @@ a command (unrelated keys are ignored)::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from onnxopt.errors import UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
     import onnx
 
     from onnxopt.validate.inputs import DataSource
     from onnxopt.validate.metrics import Tolerances
 
 DEFAULT_RANDOM_SAMPLES = 8
+INPUT_OPTIONS = ("data", "preprocess", "input_shape", "batch_size", "seed")  # what a latency measurement uses
 
 
 def _apply(func, options):
@@ -113,6 +116,58 @@ def tolerance_options(func):
                          help="Fail when the relative L2 error ||a−b||/||a|| of an output exceeds X."),
         ],
     )
+
+
+def input_options(func):
+    """``--data --preprocess --input-shape --batch-size --seed``, as ``data_options`` defines them.
+
+    For ``bench`` and ``profile``. Reuses the option objects of :func:`data_options` (same spelling, defaults and help as ``onnxopt compare``) without the ones a
+    measurement has no use for.
+    """
+    holder = data_options(lambda **_: None)
+    picked = [param for param in holder.__click_params__ if param.name in INPUT_OPTIONS]
+    if not hasattr(func, "__click_params__"):
+        func.__click_params__ = []
+    func.__click_params__.extend(picked)
+    return func
+
+
+def batch_size_of(opts: dict[str, Any]) -> int:
+    """Samples per run: ``--batch-size``, or else the first dimension given by ``--input-shape``.
+
+    For a latency measurement ``--input-shape input:8x3x224x224`` means a batch of 8; the
+    data options take the batch from ``--batch-size`` only, so without an explicit
+    ``--batch-size`` the shapes' common first dimension is used. The two must agree when
+    both are given.
+    """
+    from onnxopt.validate.inputs import parse_input_shapes
+
+    batch_size = opts.get("batch_size") or 1
+    firsts = {dims[0] for dims in parse_input_shapes(opts.get("input_shape") or ()).values() if dims}
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is None or ctx.get_parameter_source("batch_size") != click.core.ParameterSource.DEFAULT
+    if len(firsts) == 1:
+        (first,) = firsts
+        if not explicit:
+            return first
+        if first != batch_size:
+            raise UsageError(
+                f"--batch-size {batch_size} and the first dimension of --input-shape ({first}) disagree"
+            )
+    return batch_size
+
+
+def build_feeds(model: onnx.ModelProto, opts: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One full batch of inputs for ``model`` from the input options (random by default)."""
+    batch_size = batch_size_of(opts)
+    # A random source needs at least one batch of samples.
+    samples = batch_size if opts.get("data") is None else None
+    source = build_source(model, **{**opts, "batch_size": batch_size, "samples": samples})
+    wanted = source.effective_batch_size(batch_size)
+    batch = next(iter(source.batches(batch_size)), None)
+    if batch is None or len(batch) < wanted:
+        raise UsageError(f"--data has fewer samples ({len(source)}) than one batch ({wanted})")
+    return batch.feeds
 
 
 def build_source(

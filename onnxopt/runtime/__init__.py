@@ -335,6 +335,6 @@ def _session_source(model) -> bytes | str:
         return bytes(model)
     if isinstance(model, str | os.PathLike):
         return os.fspath(model)
-    from onnxopt.io import runnable_bytes
+    from onnxopt.runtime.ir_version import runnable_bytes
 
     return runnable_bytes(model)

@@ -54,7 +54,7 @@ def test_ir_version_clamped_to_what_onnxruntime_loads(tmp_path):
     path.write_bytes(model.SerializeToString())
     result = cli("optimize", str(path), "--passes", "fold-constants", "-o", str(out))
     assert result.returncode == 0, result.stderr.decode()
-    from onnxopt.io import max_runtime_ir_version
+    from onnxopt.runtime.ir_version import max_runtime_ir_version
 
     assert onnx.load(out).ir_version == min(onnx.IR_VERSION, max_runtime_ir_version())
     import onnxruntime as ort
