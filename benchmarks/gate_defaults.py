@@ -189,14 +189,14 @@ def run_outputs(model: bytes, source, batch: int, config=None) -> dict[str, np.n
 
 def optimize(proto, spec_text: str, calibration, batch: int):
     import onnxopt
-    from onnxopt import io
     from onnxopt.passbase import PassContext
+    from onnxopt.runtime.ir_version import runnable_bytes
 
     context = PassContext(calibration=lambda: (b.feeds for b in calibration.batches(batch)),
                           calibration_description=calibration.description)
     model, report = onnxopt.optimize(proto, spec_text, context=context)
     asked = {k: v for p in report.passes for k, v in p.validate_with.items()}
-    return io.runnable_bytes(model), asked, report
+    return runnable_bytes(model), asked, report
 
 
 # ---------------------------------------------------------------- planted regressions
@@ -278,8 +278,8 @@ def _drop_activation(proto, activation: str) -> None:
 
 
 def build(cases: list[Case], cache: Path, refresh: bool) -> None:
-    from onnxopt import io
     from onnxopt.runtime.cpu import EXACT_INTEGER_KERNELS
+    from onnxopt.runtime.ir_version import runnable_bytes
 
     cache.mkdir(parents=True, exist_ok=True)
     for key, spec in MODELS.items():
@@ -292,7 +292,7 @@ def build(cases: list[Case], cache: Path, refresh: bool) -> None:
             continue
         proto = load_original(spec)
         calibration, evaluation, random = sources(spec, proto)
-        original = io.runnable_bytes(proto)
+        original = runnable_bytes(proto)
         if refresh or not reference_path.exists():
             start = time.perf_counter()
             ref_data = run_outputs(original, evaluation, spec.batch)
@@ -316,7 +316,7 @@ def build(cases: list[Case], cache: Path, refresh: bool) -> None:
             if build_spec:
                 candidate, asked, _ = optimize(base, build_spec, calib, spec.batch)
             else:
-                candidate, asked = io.runnable_bytes(base), {}
+                candidate, asked = runnable_bytes(base), {}
             if case.exact_int8:
                 asked = dict(EXACT_INTEGER_KERNELS)
             cand_data = run_outputs(candidate, evaluation, spec.batch, config=asked or None)

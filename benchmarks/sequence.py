@@ -65,8 +65,9 @@ sys.path.insert(0, str(ROOT))
 import onnxopt.passes.auto  # noqa: E402,F401  (registers "auto")
 
 from onnxopt import api  # noqa: E402
-from onnxopt.errors import one_line  # noqa: E402
 from onnxopt.passbase import PassContext  # noqa: E402
+from onnxopt.runtime import first_line  # noqa: E402
+from onnxopt.runtime.ir_version import runnable_bytes  # noqa: E402
 
 SEQUENCE = ROOT.parent / "shared" / "models" / "sequence"
 MODEL = SEQUENCE / "paraphrase_minilm_l3.onnx"
@@ -87,7 +88,7 @@ VAD_PASSES = ("int8-dynamic", "fp16")
 
 def reason(exc: BaseException) -> str:
     """A failure as one line: the exception's type and message."""
-    return f"{type(exc).__name__}: {one_line(exc, 200)}"
+    return f"{type(exc).__name__}: {first_line(exc, 200)}"
 
 
 def log(message: str) -> None:
@@ -349,7 +350,7 @@ def run_transformer(args) -> None:
     data, calibration, evaluation = text_data(proto)
     print(f"\n== paraphrase_minilm_l3: calibration {calibration.description}; evaluation "
           f"{evaluation.description} (disjoint)")
-    fp32 = io.runnable_bytes(proto)
+    fp32 = runnable_bytes(proto)
     reference = embeddings(fp32, evaluation)
     variants = transformer_variants()
     for variant in variants:
@@ -463,7 +464,7 @@ def run_vad_model(name: str, probs: Callable, frames: np.ndarray) -> None:
     from onnxopt import io
 
     proto = io.load_proto(SEQUENCE / f"{name}.onnx")
-    reference = probs(io.runnable_bytes(proto), frames)
+    reference = probs(runnable_bytes(proto), frames)
     speech = reference >= 0.5
     print(f"\n== {name}: FP32 says speech on {int(speech.sum())} of {len(frames)} frames "
           f"(probability range {reference.min():.3f}–{reference.max():.3f})")

@@ -161,14 +161,14 @@ def sources(proto, samples: int):
 
 def candidate_bytes(proto, case: Case) -> tuple[bytes, dict]:
     import onnxopt
-    from onnxopt import io
+    from onnxopt.runtime.ir_version import runnable_bytes
 
     if case.build.startswith("plant:"):
         _, kind, layer = case.build.split(":")
-        return io.runnable_bytes(plant(proto, kind, int(layer))), {}
+        return runnable_bytes(plant(proto, kind, int(layer))), {}
     model, report = onnxopt.optimize(proto, case.build)
     asked = {k: v for p in report.passes for k, v in p.validate_with.items()}
-    return io.runnable_bytes(model), asked
+    return runnable_bytes(model), asked
 
 
 def run_batches(model: bytes, source, batch: int, config=None) -> list[tuple[dict, list[str], dict]]:
@@ -219,6 +219,7 @@ def measure(reference, candidate) -> dict:
 
 def build(cache: Path, refresh: bool, samples: int) -> dict:
     from onnxopt import io
+    from onnxopt.runtime.ir_version import runnable_bytes
 
     path = cache / f"figures_{samples}.json"
     stored = json.loads(path.read_text()) if path.exists() and not refresh else {}
@@ -231,7 +232,7 @@ def build(cache: Path, refresh: bool, samples: int) -> dict:
     proto = io.load_proto(MODEL)
     inputs = sources(proto, samples)
     start = time.perf_counter()
-    original = io.runnable_bytes(proto)
+    original = runnable_bytes(proto)
     references = {key: run_batches(original, source, BATCH) for key, source in inputs.items()}
     print(f"  reference: {time.perf_counter() - start:.0f}s", flush=True)
     for case in todo:

@@ -37,8 +37,8 @@ from onnxopt.runtime.ir_version import runnable_bytes
 
 if TYPE_CHECKING:
     from onnxopt.validate.gate import GateSettings
-    from onnxopt.validate.inputs import DataSource
-    from onnxopt.validate.metrics import Tolerances
+    from onnxopt.validate.sources import DataSource
+    from onnxopt.validate.tolerances import Tolerances
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def optimize(
     origin = origin or (str(model) if isinstance(model, (str, os.PathLike)) else "input")
     io.check_model(original, origin)
     if context.random_inputs is None:  # calib=random and data-less fp16 checks: inputs the model can take
-        from onnxopt.validate.inputs import random_feeds
+        from onnxopt.analysis.inputs import random_feeds
 
         context.random_inputs = lambda count: random_feeds(original, count, seed=1, input_shapes=context.input_shapes)
     try:
@@ -269,7 +269,7 @@ def gate_settings(
     """
     from onnxopt.runtime import resolve_providers
     from onnxopt.validate.gate import GateSettings, default_tolerances
-    from onnxopt.validate.inputs import RandomSource
+    from onnxopt.validate.sources import RandomSource
 
     if has_data is None:
         has_data = not isinstance(source, RandomSource)
@@ -299,7 +299,9 @@ def data_source(
     default_random_samples: int = 8,
 ) -> DataSource:
     """Samples from ``data`` (streamed), or seeded random inputs when it is None."""
-    from onnxopt.validate.inputs import model_inputs, open_data, random_source, resolve_shapes
+    from onnxopt.analysis.inputs import model_inputs, resolve_shapes
+    from onnxopt.validate.data import open_data
+    from onnxopt.validate.sources import random_source
 
     inputs = model_inputs(model)
     shapes = resolve_shapes(inputs, dict(input_shapes or {}), batch_size)

@@ -51,11 +51,3 @@ class PassFailed(OnnxoptError):
         super().__init__(f"pass '{pass_name}' failed: {reason}")
         self.pass_name = pass_name
         self.reason = reason
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:  # TEMP-SHIM (lead removes): use onnxopt.runtime.first_line
-    """An exception's message as one line (whitespace collapsed), for one-line errors."""
-    text = " ".join(str(exc).split())
-    if not text:
-        return type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"

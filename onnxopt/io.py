@@ -34,7 +34,6 @@ from onnxopt.runtime.ir_version import clamp_ir_version
 logger = logging.getLogger(__name__)
 
 # the IR-version facts live in onnxopt.runtime.ir_version now
-from onnxopt.runtime.ir_version import max_runtime_ir_version, runnable_bytes  # noqa: E402,F401  # TEMP-SHIM (lead removes)
 
 STDIO = "-"
 

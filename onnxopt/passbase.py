@@ -97,6 +97,9 @@ class PassContext:
     # search(model, options, context, report) -> PassResult: the engine behind a search pass (``auto``);
     # set by the API (onnxopt.search lives above the passes, which never import it)
     search: Callable[..., Any] | None = None
+    # teacher: the model as it entered the pipeline (onnx.ModelProto), for passes that learn from it
+    # (recover); set by the pipeline when such a pass runs
+    teacher: Any = None
     time_budget: float | None = None  # seconds a search pass may spend
     save_config: str | None = None  # where a search pass writes the plain pipeline it found
     input_shapes: dict[str, tuple[int, ...]] | None = None  # --input-shape: concrete shapes the user gave
@@ -120,6 +123,7 @@ class OptimizerPass:
     lossless: ClassVar[bool] = False
     needs_data: ClassVar[bool] = False
     optional_data: ClassVar[bool] = False  # uses calibration data when given (e.g. refit)
+    needs_teacher: ClassVar[bool] = False  # learns from the model as it entered the pipeline (context.teacher)
     needs_evaluator: ClassVar[bool] = False  # a search pass: measures candidates (see CandidateEvaluator)
     providers: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 

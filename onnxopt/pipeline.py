@@ -130,8 +130,17 @@ def run_passes(
     *,
     on_start: Callable[[OptimizerPass, int, int], None] | None = None,
 ) -> tuple[ir.Model, list[PassReport]]:
-    """Apply ``passes`` in order, then cleanup. Returns the model and one report per pass."""
+    """Apply ``passes`` in order, then cleanup. Returns the model and one report per pass.
+
+    A pass that learns from the original (``needs_teacher``) gets the model as it entered
+    here in ``context.teacher``, unless its caller set one.
+    """
     reports = []
+    teacher = None
+    for opt_pass in passes:
+        if opt_pass.needs_teacher and opt_pass.context.teacher is None:
+            teacher = teacher or ir.to_proto(model)  # serialized now: later passes change the model in place
+            opt_pass.context.teacher = teacher
     for index, opt_pass in enumerate(passes):
         if on_start is not None:
             on_start(opt_pass, index, len(passes))

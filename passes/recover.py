@@ -58,6 +58,7 @@ class RecoverPass(OptimizerPass, ir.passes.InPlacePass):
     Options = RecoverOptions
     lossless = False
     needs_data = True
+    needs_teacher = True
     providers = ("cpu", "cuda")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -68,7 +69,7 @@ class RecoverPass(OptimizerPass, ir.passes.InPlacePass):
         ready, why = recover.available()
         if not ready:
             raise UsageError(why)
-        teacher = getattr(self.context, "teacher", None)
+        teacher = self.context.teacher
         if teacher is None:
             self.report.skip_pass("no teacher: the caller did not hand over the model as it entered the pipeline")
             return ir.passes.PassResult(model, False)

@@ -57,8 +57,8 @@ def describe(model, input_shapes) -> dict:
 @verbosity_options
 def command(model, input_shape, as_json):
     from onnxopt import io
+    from onnxopt.analysis.inputs import parse_input_shapes
     from onnxopt.report import human_bytes, human_count
-    from onnxopt.validate.inputs import parse_input_shapes
 
     info = describe(io.load_proto(model), parse_input_shapes(input_shape))
     if as_json:

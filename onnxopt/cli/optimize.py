@@ -72,7 +72,7 @@ rest evaluates (disjoint, reported); with --data, decompositions refit by defaul
 def command(model, output, passes, config, in_place, report_path, as_json, jobs, no_validate, force,
             bench, min_speedup, calibration_samples, target, time_budget, save_config, **data_opts):
     from onnxopt import api, io
-    from onnxopt.validate.inputs import parse_input_shapes
+    from onnxopt.analysis.inputs import parse_input_shapes
 
     if as_json and output == io.STDIO:
         raise UsageError("--json prints to stdout, which carries the model with -o -; use --report FILE")

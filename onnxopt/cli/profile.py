@@ -94,7 +94,7 @@ def _print_result(result, top: int) -> None:
         )
     console.print(ops, markup=False)
     if result.blocks:
-        from onnxopt.blocks import describe_block_times
+        from onnxopt.bench.profile import describe_block_times
 
         console.print(describe_block_times(result.blocks), markup=False, highlight=False)
     if result.unmatched_share > 0:

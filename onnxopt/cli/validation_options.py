@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     import numpy as np
     import onnx
 
-    from onnxopt.validate.inputs import DataSource
-    from onnxopt.validate.metrics import Tolerances
+    from onnxopt.validate.sources import DataSource
+    from onnxopt.validate.tolerances import Tolerances
 
 DEFAULT_RANDOM_SAMPLES = 8
 INPUT_OPTIONS = ("data", "preprocess", "input_shape", "batch_size", "seed")  # what a latency measurement uses
@@ -140,7 +140,7 @@ def batch_size_of(opts: dict[str, Any]) -> int:
     ``--batch-size`` the shapes' common first dimension is used. The two must agree when
     both are given.
     """
-    from onnxopt.validate.inputs import parse_input_shapes
+    from onnxopt.analysis.inputs import parse_input_shapes
 
     batch_size = opts.get("batch_size") or 1
     firsts = {dims[0] for dims in parse_input_shapes(opts.get("input_shape") or ()).values() if dims}
@@ -182,13 +182,9 @@ def build_source(
     **_ignored,
 ) -> DataSource:
     """The :class:`DataSource` the data options describe, for ``model``'s inputs."""
-    from onnxopt.validate.inputs import (
-        model_inputs,
-        open_data,
-        parse_input_shapes,
-        random_source,
-        resolve_shapes,
-    )
+    from onnxopt.analysis.inputs import model_inputs, parse_input_shapes, resolve_shapes
+    from onnxopt.validate.data import open_data
+    from onnxopt.validate.sources import random_source
 
     inputs = model_inputs(model)
     shapes = resolve_shapes(inputs, parse_input_shapes(input_shape or ()), batch_size or 1)
@@ -208,7 +204,7 @@ def build_labels(*, labels: str | None = None, data: str | None = None, **_ignor
         return None
     if data is None:
         raise UsageError("--labels needs --data: labels are matched to image file names")
-    from onnxopt.validate.metrics import load_labels
+    from onnxopt.validate.data import load_labels
 
     return load_labels(labels)
 
@@ -228,7 +224,7 @@ def build_tolerances(
 ) -> Tolerances:
     """The :class:`Tolerances` of the options; ``default`` when none is given (any option
     replaces the whole default)."""
-    from onnxopt.validate.metrics import Tolerances
+    from onnxopt.validate.tolerances import Tolerances
 
     tolerances = Tolerances(atol, rtol, min_cosine, min_agreement, max_rel_error,
                             min_cosine_p5=min_cosine_p5, min_channel_cosine=min_channel_cosine,

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from onnxopt.errors import InputError, PassFailed, one_line
+from onnxopt.errors import InputError, PassFailed
+from onnxopt.runtime import first_line
 from onnxopt.runtime.scratch import scratch_dir
 
 if TYPE_CHECKING:
@@ -196,7 +197,7 @@ class IsolatedRun:
 def error_line(text: str) -> str:
     """onnxruntime's error as one line: status and source-location prefixes dropped."""
     text = _SOURCE_PREFIX.sub("", _ORT_PREFIX.sub("", text.strip()))
-    return one_line(text) if text else "unknown error"
+    return first_line(text) if text else "unknown error"
 
 
 @dataclass(frozen=True)
@@ -335,7 +336,7 @@ def _run_child(requests: list[tuple[int, dict[str, Any]]], timeout: float | None
             stderr=subprocess.DEVNULL, env=env,
         )
     except OSError as exc:
-        raise IsolationUnavailable(f"cannot start a child process: {one_line(exc)}") from exc
+        raise IsolationUnavailable(f"cannot start a child process: {first_line(exc)}") from exc
     timed_out = False
     with process:  # closes the pipes and waits for the child on every exit path
         try:
@@ -387,7 +388,7 @@ def blame(passes: Sequence[PassReport]) -> tuple[str, str]:
 
 
 def first_batch(source: Any, batch_size: int) -> dict[str, np.ndarray] | None:
-    """The first batch a :class:`~onnxopt.validate.inputs.DataSource` yields (what the gate runs first)."""
+    """The first batch a :class:`~onnxopt.validate.sources.DataSource` yields (what the gate runs first)."""
     for batch in source.batches(batch_size):
         return dict(batch.feeds)
     return None

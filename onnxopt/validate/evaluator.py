@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from onnxopt.errors import InputError, OnnxoptError
-from onnxopt.io import runnable_bytes
 from onnxopt.passbase import CandidateScore
 from onnxopt.runtime import create_session, first_line
+from onnxopt.runtime.ir_version import runnable_bytes
 from onnxopt.validate.compare import ORT_INPUT_TYPES as _ORT_TYPES
 from onnxopt.validate.metrics import MetricsAccumulator
 from onnxopt.validate.sources import DataSource

@@ -391,6 +391,3 @@ def compute_metrics(
     return accumulator.result()
 
 
-# TEMP-SHIM (lead removes): importers outside validate/bench still take these from here.
-from onnxopt.validate.data import load_labels  # noqa: E402, F401  # TEMP-SHIM (lead removes)
-from onnxopt.validate.tolerances import Tolerances, check_gate  # noqa: E402, F401  # TEMP-SHIM (lead removes)

@@ -11,7 +11,7 @@ import onnxopt
 from onnxopt import api, pipeline, registry
 from onnxopt.errors import UsageError
 from onnxopt.pipeline import Pipeline
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.tolerances import Tolerances
 from tests.foundation.test_gate import _ScaleWeights  # noqa: F401  (registers test-scale-weights)
 from tests.helpers import tiny_conv_model
 

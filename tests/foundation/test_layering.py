@@ -133,7 +133,7 @@ def test_no_import_cycles():
     ("onnxopt.validate.fake", "def f():\n    import onnxopt.search\n", "never import passes or search"),
     ("onnxopt.bench.fake", "from onnxopt.passes import fp16\n", "never import passes or search"),
     ("onnxopt.report", "def render():\n    import rich\n", "terminal libraries"),
-    ("onnxopt.runtime.fake", "from onnxopt.validate.inputs import open_data\n", "nothing above it"),
+    ("onnxopt.runtime.fake", "from onnxopt.validate.data import open_data\n", "nothing above it"),
     ("onnxopt.decomp.fake", "def f():\n    import onnx_ir\n", "pure numpy"),
 ])
 def test_the_rule_catches_a_forbidden_import(tmp_path, module, source, why):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
 
 from onnxopt.recover import changed_layers, distill  # noqa: E402

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper, numpy_helper
-
 import torch  # the recover extra is part of the test environment: fail, never skip, without it
+from onnx import helper, numpy_helper
 
 from onnxopt.recover.interpreter import GraphModule, write_back  # noqa: E402
 from onnxopt.runtime import create_session  # noqa: E402

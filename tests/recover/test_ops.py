@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
+from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.recover.interpreter import GraphModule, unsupported_ops  # noqa: E402
 from onnxopt.runtime import create_session  # noqa: E402
@@ -48,7 +47,6 @@ def one_node(op_type, inputs, attrs=None, outputs=1, opset=17, constant=()):
 
 
 def check(model, feeds, rtol=1e-5, atol=1e-5):
-    import torch
 
     expected = create_session(model).run(None, feeds)
     module = GraphModule(model)
@@ -206,7 +204,6 @@ def test_unsupported_ops_are_named():
 
 
 def test_attribute_values_the_engine_lacks_raise_unsupported():
-    import torch
 
     from onnxopt.recover.ops import Unsupported
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnxopt.passes.recover  # noqa: F401  (registers "recover"; the lead adds it to passes/__init__)
 import pytest
 
 import onnxopt.recover
@@ -16,10 +15,9 @@ from tests.passes.models import run_pass
 from tests.recover.models import batches, decomposed, initializers, teacher_model
 
 
-
 def context(teacher=None, data=True, **fields):
     ctx = PassContext(calibration=batches() if data else None, calibration_description="synthetic", **fields)
-    ctx.teacher = teacher  # the lead adds this field to PassContext
+    ctx.teacher = teacher
     return ctx
 
 
@@ -93,3 +91,15 @@ def test_teacher_may_be_an_ir_model():
 def test_the_recover_extra_is_installed_here():
     """make test installs torch: a missing engine must fail the suite, not skip its tests."""
     assert onnxopt.recover.available()[0], onnxopt.recover.available()[1]
+
+
+def test_the_pipeline_hands_recover_the_model_as_it_entered():
+    """tucker,recover through the API: the teacher is the original, not tucker's output."""
+    import onnxopt
+
+    teacher = teacher_model()
+    _, report = onnxopt.optimize(teacher, "tucker:rank=6:round=1:min_in_channels=8,recover:steps=20:lr=0.01",
+                                 context=PassContext(calibration=batches()))
+    figures = report.passes[1].figures
+    assert report.passes[1].modified, report.passes[1].skipped_reason
+    assert figures["loss_after"] < figures["loss_before"]  # a teacher equal to the student would give 0 → 0

@@ -9,9 +9,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from onnxopt.analysis.inputs import model_inputs
 from onnxopt.validate.evaluator import SplitEvaluator
-from onnxopt.validate.inputs import model_inputs, random_source
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.sources import random_source
+from onnxopt.validate.tolerances import Tolerances
 from tests.search.fakes import conv_net
 
 

@@ -13,7 +13,7 @@ import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import pytest
 
 from onnxopt import api
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.tolerances import Tolerances
 from tests.helpers import SAMPLES, SHARED_IMAGES, SHARED_MODELS
 
 DIGITS = SAMPLES / "digits_cnn.onnx"

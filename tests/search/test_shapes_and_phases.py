@@ -20,7 +20,7 @@ from onnxopt.passbase import PassContext
 from onnxopt.pipeline import run_passes
 from onnxopt.registry import PassSpec, build_passes
 from onnxopt.search import run_search
-from onnxopt.validate.metrics import Tolerances
+from onnxopt.validate.tolerances import Tolerances
 from tests.helpers import SHARED_IMAGES, SHARED_MODELS
 from tests.search.fakes import FakeClock, FakeTime, conv_net
 from tests.search.fakes import FakeEvaluator as _FakeEvaluator
