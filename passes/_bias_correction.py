@@ -2,27 +2,17 @@
 empirical variant), for the ``int8`` pass.
 
 Rounding the weights of a layer shifts the *mean* of its output: with ``W̃ = W + ΔW``,
-``E[y̌] − E[y] = E[conv(x, ΔW)]`` per output channel, which is not zero for a finite
-number of weights, and a deep network accumulates these shifts layer after layer. This
-module measures the shift exactly — padding, strides and groups included — by running
-the float model with one extra node per layer, ``conv(x, ΔW)`` on the layer's own float
-input ``x``, averaged over the calibration samples, batch and spatial positions; then
-subtracts it from the layer's quantized bias (int32, scale ``s_x·s_w``).
+``E[y̌] − E[y] = E[op(x, ΔW)]`` per output channel, which is not zero for a finite number of
+weights, and a deep network accumulates these shifts layer after layer. The shift is
+measured exactly (padding, strides, groups included) by running the float model with one
+extra node per Conv/Gemm, ``op(x, ΔW)`` on the layer's own float input ``x``, averaged over
+the calibration samples, batch and spatial positions; it is subtracted from the layer's
+quantized int32 bias (scale ``s_x·s_w``). Float inputs, not quantized ones, keep each
+layer's correction independent of the others (correcting by the total shift double-counts).
 
-The float inputs are used, not the quantized ones: each layer's correction is then
-independent of the others. (Correcting every layer by the *total* shift measured on the
-quantized model instead double-counts what upstream corrections already remove: it
-diverged on ResNet-56.) Measured on this project's benchmark photos (100 calibrate,
-400 evaluate) on an AVX2 CPU with every dense weight 7-bit: MobileNetV2 agreement with
-FP32 0.94 → 0.958 (softmax KL 0.036 → 0.023), ResNet-56 KL 0.0174 → 0.0142; with the
-final defaults the mean output cosine rises on all four benchmark models (EfficientNet-
-Lite0 0.988 → 0.997).
-
-Memory: the samples are streamed — one sample's activations and extra outputs plus one
-running sum per output channel. The error model is a second copy of the float model
-with a float32 ΔW per layer, serialized once for onnxruntime: about three times the
-weights at the peak (models over 2 GB fail to serialize: the pass reports it and keeps
-the uncorrected biases).
+Memory: samples are streamed (one sample's activations plus one running sum per output
+channel); the error model, a second copy of the float model with a float32 ΔW per layer, is
+about three times the weights at the peak (over 2 GB it fails to serialize: the pass warns).
 """
 
 from __future__ import annotations
@@ -36,6 +26,8 @@ from onnx import helper, numpy_helper
 
 from onnxopt.analysis import attribute
 from onnxopt.passbase import Feeds
+
+from . import _quant_common as qc
 
 _OPS = ("Conv", "Gemm")
 _SUFFIX = "_onnxopt_weight_error"
@@ -148,13 +140,7 @@ def _quantized_bias(name: str, producer: dict, inits: dict, uses: dict) -> tuple
 def _channel_means(model: onnx.ModelProto, outputs: list[str], samples: Callable[[], Iterable[Feeds]],
                    progress: Callable[[int], None] | None) -> tuple[list[np.ndarray], int]:
     """Per output, the mean over every axis but 1 (channels), accumulated over the samples."""
-    import onnxruntime as ort
-
-    from onnxopt.io import runnable_bytes
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(runnable_bytes(model), options, providers=["CPUExecutionProvider"])
+    session = qc.ort_session(model)
     sums: list[np.ndarray] | None = None
     counts = np.zeros(len(outputs))
     used = 0

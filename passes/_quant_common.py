@@ -1,25 +1,17 @@
 """Helpers shared by the quantization passes (``int8``, ``int8-dynamic``, ``fp16``).
 
-* :func:`quantized_ops` — already-quantized models (Q/DQ, ConvInteger, QLinear*) are
-  skipped by every pass here rather than quantized twice;
-* :func:`exclusion` — ``exclude=`` patterns match a node's *name* (glob) or its *op type*
-  (exact), so ``exclude=conv1*|Gemm`` works;
-* :func:`quiet` — onnxruntime.quantization and onnxconverter-common ``print`` progress and
-  log warnings on the root logger; the CLI may stream the model through stdout, so
-  Python-level stdout is redirected around every call into them and their log records
-  are demoted to DEBUG on this module's logger;
-* calibration feeds: :func:`input_specs`, :func:`check_feeds` (every batch checked against
-  the model's inputs; a mismatch is a one-line :class:`~onnxopt.errors.InputError`),
-  :func:`iter_samples` (batches split into one-sample feeds, one batch held at a time),
-  :func:`random_feeds` (seeded, for ``calib=random`` and data-less ``mixed=auto``);
-* model preparation for onnxruntime's quantizers: :func:`name_nodes`,
-  :func:`rename_colliding`, :func:`upgrade_opset`, :func:`strip_initializer_value_info`;
-* :func:`check_loads` — whether onnxruntime loads (and runs) a converted model;
-* :func:`choose_reduce_range` — ``reduce_range=auto``: 7-bit weights where this CPU's
-  u8×s8 kernels saturate (x86 without VNNI, :mod:`onnxopt.runtime.cpu`);
-* temporary files: ``scratch_dir`` and ``contained``, re-exported from :mod:`onnxopt.runtime.scratch`;
-* :func:`similarity` — how close quantized models' outputs are to the float model's
-  (mean per-sample and worst per-channel Pearson r); :class:`StepClock` — time per step.
+* skipping: :func:`quantizable_proto`, :func:`quantized_ops` (already-quantized models are
+  skipped, not quantized twice), :func:`count_float_values`, :func:`exclusion` (``exclude=``
+  matches a node's name by glob or its op type exactly);
+* :func:`quiet`: onnxruntime.quantization and onnxconverter-common print and log on the root
+  logger; stdout may carry the model, so both go to this module's logger at DEBUG;
+* calibration feeds: :func:`input_specs`, :func:`check_feeds` (a batch that does not fit the
+  inputs is a one-line :class:`~onnxopt.errors.InputError`), :func:`iter_samples` (one-sample
+  feeds, one batch held at a time), :func:`random_samples` (seeded, from the graph);
+* preparing a model for onnxruntime's tools: :func:`name_nodes`, :func:`rename_colliding`,
+  :func:`upgrade_opset`, :func:`strip_initializer_value_info`, :func:`restore_model_fields`;
+* onnxruntime: :func:`ort_session` and :func:`check_loads`; temporary files (``scratch_dir``,
+  ``contained``, from :mod:`onnxopt.runtime.scratch`); :class:`StepClock` (time per step).
 """
 
 from __future__ import annotations
@@ -37,8 +29,9 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import irutil
+from onnxopt.analysis.inputs import random_feeds
 from onnxopt.errors import InputError
-from onnxopt.runtime import cpu as hostcpu
+from onnxopt.runtime import create_session, first_line
 from onnxopt.runtime.scratch import contained, scratch_dir  # noqa: F401 - the passes call them as qc.*
 
 logger = logging.getLogger(__name__)
@@ -80,11 +73,6 @@ def unchanged(model: ir.Model) -> ir.passes.PassResult:
     return ir.passes.PassResult(model.clone(), False)
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def all_nodes(model: ir.Model) -> Iterator[ir.Node]:
     """Every node, subgraphs (If/Loop/Scan bodies) included."""
     return iter(ir.traversal.RecursiveGraphIterator(model.graph))
@@ -110,7 +98,7 @@ def count_float_values(model: ir.Model, dtype: ir.DataType = ir.DataType.FLOAT) 
     return count
 
 
-def exclusion(node: ir.Node, patterns: Iterable[str]) -> str | None:
+def exclusion(node: ir.Node | onnx.NodeProto, patterns: Iterable[str]) -> str | None:
     """The first pattern that excludes ``node`` (name glob or exact op type), else None."""
     for pattern in patterns:
         if node.op_type == pattern or (node.name and fnmatch.fnmatchcase(node.name, pattern)):
@@ -314,44 +302,14 @@ def iter_samples(batches: Iterable[object], specs: list[InputSpec], origin: str,
         del feeds, raw
 
 
-def random_dims(spec: InputSpec) -> tuple[int, ...]:
-    """Concrete dims for random data: batch 1; an image's dynamic H and W 224; others 1."""
-    if spec.dims is None:
-        return (1,)
-    dims = list(spec.dims)
-    if len(dims) == 4:
-        channels_last = dims[3] in (1, 3) and dims[1] not in (1, 3)
-        spatial = (1, 2) if channels_last else (2, 3)
-        for axis in spatial:
-            if dims[axis] is None:
-                dims[axis] = 224
-    return tuple(1 if d is None else d for d in dims)
-
-
-def random_samples(context, specs: list[InputSpec], count: int) -> Iterator[Feeds]:
-    """``count`` seeded one-sample feeds: the context's (inputs the model can take, derived
-    from its graph by the caller), else :func:`random_feeds`."""
+def random_samples(context, model: onnx.ModelProto, count: int) -> Iterator[Feeds]:
+    """``count`` seeded one-sample feeds ``model`` can take, derived from its graph: the
+    context's (set by the API), else :func:`onnxopt.analysis.inputs.random_feeds` (the same
+    seed and the context's ``input_shapes``). Raises InputError or UsageError where random
+    data cannot fill an input (a dtype, an input without a shape)."""
     if context.random_inputs is not None:
         return context.random_inputs(count)
-    return random_feeds(specs, count)
-
-
-def random_feeds(specs: list[InputSpec], count: int, seed: int = 0) -> Iterator[Feeds]:
-    """``count`` seeded samples: standard normal floats, integers in [0, 10), random booleans."""
-    rng = np.random.default_rng(seed)
-    for _ in range(count):
-        feeds = {}
-        for spec in specs:
-            dims = random_dims(spec)
-            if spec.dtype.kind == "f":
-                feeds[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
-            elif spec.dtype.kind in "iu":
-                feeds[spec.name] = rng.integers(0, 10, dims).astype(spec.dtype)
-            elif spec.dtype.kind == "b":
-                feeds[spec.name] = rng.integers(0, 2, dims).astype(bool)
-            else:
-                raise InputError(f"cannot make random data for input '{spec.name}' of type {spec.dtype}")
-        yield feeds
+    return random_feeds(model, count, seed=1, input_shapes=context.input_shapes)
 
 
 def upgrade_opset(proto: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, str | None]:
@@ -390,19 +348,24 @@ def opset_of(proto: onnx.ModelProto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def ort_session(model: onnx.ModelProto, provider: str = "cpu", **options):
+    """An onnxruntime session (:func:`onnxopt.runtime.create_session`) for a model a pass works on.
+
+    onnxruntime refusing it is the pass's failure, not a fault of the user's input: the
+    InputError of ``create_session`` becomes a RuntimeError with onnxruntime's own first line.
+    """
+    try:
+        return create_session(model, provider, **options)
+    except InputError as exc:
+        raise RuntimeError(first_line(exc.__cause__ or exc)) from exc
+
+
 def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | None:
     """None when onnxruntime (CPU) can create a session for the model (and run ``feeds``
     through it, when given), else the reason."""
-    import onnxruntime as ort
-
-    from onnxopt.io import runnable_bytes
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(runnable_bytes(proto), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises several exception types for invalid models
+        session = ort_session(proto, optimization="disable", log_level=4)
+    except RuntimeError as exc:
         return first_line(exc)
     if feeds is not None:
         try:
@@ -410,30 +373,6 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
         except Exception as exc:  # e.g. a QuantizeLinear whose scale has the wrong shape
             return "running it fails: " + first_line(exc)
     return None
-
-
-def choose_reduce_range(choice: bool | str, u8s8: bool, report) -> bool:
-    """Resolve a ``reduce_range`` option (true, false or "auto") and say why in ``report``.
-
-    ``u8s8``: whether the quantized kernels multiply uint8 activations by int8 weights,
-    the only combination whose x86 kernels saturate without VNNI. 8 bits forced on such a
-    CPU mean a VNNI target: the gate then validates with exact integer kernels.
-    """
-    kernels = hostcpu.integer_kernels()
-    at_risk = u8s8 and kernels.u8s8_saturates
-    chosen = at_risk if choice == "auto" else bool(choice)
-    if choice == "auto":
-        why = f"auto: {kernels.describe()}"
-    else:
-        why = "reduce_range=" + ("true" if chosen else "false")
-    report.figures["reduce_range"] = ("on" if chosen else "off") + f" ({why})"
-    if at_risk and not chosen:
-        report.warn(f"this is an {kernels.describe()}: u8×s8 products may saturate int16 and cost accuracy "
-                    "here; reduce_range=true (7-bit weights) avoids it — keep 8 bits only for a VNNI target "
-                    "(validation runs it with exact integer kernels, as one computes)")
-        # 8-bit weights are for exactly accumulating kernels (VNNI, ARM): validate as they compute.
-        report.validate_with.update(hostcpu.EXACT_INTEGER_KERNELS)
-    return chosen
 
 
 def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:
@@ -451,7 +390,7 @@ def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) 
     converted.ir_version = max(original.ir_version, converted.ir_version, needed)
 
 
-# ---------------------------------------------------------------- temporary files
+# ---------------------------------------------------------------- time per step
 
 
 class StepClock:
@@ -470,107 +409,3 @@ class StepClock:
 
     def rounded(self) -> dict[str, float]:
         return {step: round(seconds, 2) for step, seconds in self.seconds.items()}
-
-
-# ---------------------------------------------------------------- closeness to the float model
-
-
-#: Per-channel correlation only where each channel has at least this many values (a
-#: [N, classes] output over a handful of samples has too few: its per-class r is noise).
-_MIN_CHANNEL_VALUES = 32
-
-
-@dataclass(frozen=True)
-class Similarity:
-    """A candidate's outputs against the float model's, over the same samples."""
-
-    mean_r: float  # per output, the mean per-sample Pearson r; then the mean over outputs
-    worst_channel_r: float  # the lowest per-channel Pearson r over every output (mean_r where none)
-
-    @property
-    def score(self) -> float:
-        return (self.mean_r + self.worst_channel_r) / 2
-
-    def describe(self) -> str:
-        return f"{self.mean_r:.4f} / {self.worst_channel_r:.4f}"
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Pearson r of two arrays; None where the first is constant (nothing to correlate with),
-    0 where only the second is."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    a, b = a - a.mean(), b - b.mean()
-    norm_a, norm_b = np.sqrt((a * a).sum()), np.sqrt((b * b).sum())
-    if norm_a == 0 or not np.isfinite(norm_a):
-        return None
-    if norm_b == 0 or not np.isfinite(norm_b):
-        return 0.0
-    return float(np.clip((a * b).sum() / (norm_a * norm_b), -1.0, 1.0))
-
-
-def channel_axis(shape: tuple[int, ...]) -> int | None:
-    """The channel axis of an output: the last of [N, T, C] (a detector's boxes, a sequence's
-    classes); of an image-like output the smaller of axis 1 (NCHW) and the last (NHWC);
-    None for [N, C]."""
-    if len(shape) < 3:
-        return None
-    if len(shape) == 3:
-        return 2
-    return 1 if shape[1] <= shape[-1] else len(shape) - 1
-
-
-def output_similarity(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float | None]:
-    """(mean per-sample r, worst per-channel r or None) of one output, samples on axis 0."""
-    per_sample = []
-    for ref, out in zip(reference, candidate):
-        for i in range(ref.shape[0]):
-            r = pearson(ref[i], out[i])
-            if r is not None:
-                per_sample.append(r)
-    ref, out = np.concatenate(reference), np.concatenate(candidate)
-    axis = channel_axis(ref.shape)
-    worst = None
-    if axis is not None and ref.size // max(ref.shape[axis], 1) >= _MIN_CHANNEL_VALUES:
-        ref_c = np.moveaxis(ref, axis, 0).reshape(ref.shape[axis], -1)
-        out_c = np.moveaxis(out, axis, 0).reshape(ref.shape[axis], -1)
-        rs = [r for r in (pearson(a, b) for a, b in zip(ref_c, out_c)) if r is not None]
-        worst = min(rs) if rs else None
-    if not per_sample:
-        per_sample = [worst if worst is not None else pearson(ref, out) or 0.0]
-    return float(np.mean(per_sample)), worst
-
-
-def similarity(reference_model: onnx.ModelProto, candidates: list[onnx.ModelProto], samples: list[Feeds],
-               session_config: dict[str, str] | None = None) -> list[Similarity]:
-    """How close each candidate's float outputs are to ``reference_model``'s on ``samples``.
-
-    The candidates run with onnxruntime's default optimizations (their integer kernels, as
-    they will be run) and ``session_config`` (e.g. exact integer kernels)."""
-    import onnxruntime as ort
-
-    from onnxopt.io import runnable_bytes
-
-    def session(model: onnx.ModelProto, config: dict[str, str]):
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
-        for key, value in config.items():
-            options.add_session_config_entry(key, value)
-        return ort.InferenceSession(runnable_bytes(model), options, providers=["CPUExecutionProvider"])
-
-    reference = session(reference_model, {})
-    names = [o.name for o in reference.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")]
-    expected = [reference.run(names, feeds) for feeds in samples]
-    results = []
-    for candidate in candidates:
-        runner = session(candidate, session_config or {})
-        got = [runner.run(names, feeds) for feeds in samples]
-        means, worsts = [], []
-        for k in range(len(names)):
-            mean, worst = output_similarity([e[k] for e in expected], [g[k] for g in got])
-            means.append(mean)
-            if worst is not None:
-                worsts.append(worst)
-        mean_r = float(np.mean(means)) if means else 0.0
-        results.append(Similarity(mean_r, min(worsts) if worsts else mean_r))
-    return results

@@ -1,38 +1,18 @@
 """``int8-dynamic``: dynamic INT8 quantization of MatMul/Gemm/LSTM/Attention weights (onnxruntime).
 
-Transformation: the weights ``W`` of the selected nodes are stored as int8,
-``W ≈ scale_w · (Wq − zp_w)`` (per tensor, or per output channel with
-``per_channel``); activations are quantized *at run time* from each tensor's own
-min/max (``DynamicQuantizeLinear``: uint8, ``x ≈ scale_x · (xq − zp_x)``), and the
-products run in integer arithmetic (``MatMulInteger``/``DynamicQuantizeMatMul``,
+The weights ``W`` of the selected nodes are stored as int8, ``W ≈ scale_w · (Wq − zp_w)`` (per
+output channel by default, or per tensor); activations are quantized *at run time* from
+each tensor's own min/max (``DynamicQuantizeLinear``: uint8, ``x ≈ scale_x · (xq − zp_x)``),
+and the products run in integer arithmetic (``MatMulInteger``/``DynamicQuantizeMatMul``,
 ``DynamicQuantizeLSTM``, ``QAttention``). No calibration data is needed.
 
-onnxruntime's dynamic quantizer has no Gemm: a Gemm with a constant ``B`` is rewritten
-first as ``MatMul(A, alpha·B[ᵀ]) + beta·C`` (exact), then quantized as a MatMul. It has
-no GRU either: GRU nodes are reported and stay float.
-
-When to prefer which:
-
-* ``int8-dynamic`` for models dominated by MatMul/Gemm/LSTM/Attention (transformers,
-  RNNs, MLPs): activation ranges vary per input there and are hard to calibrate, and no
-  data is needed. The cost is the run-time min/max and quantization of each activation.
-* ``int8`` (static QDQ) for convolutional networks: ranges are fixed once from data and
-  onnxruntime fuses ``DQ → Conv → Q`` into QLinearConv. Dynamic ``ConvInteger`` is
-  usually *slower* than float on CPU (a separate integer convolution plus float
-  re-scaling per node, no fusion), so Conv is not in the default ``op_types``; the report
-  lists the convolutions left in float and warns when Conv is requested.
-
-Measured here (AVX-512 VNNI, onnxruntime 1.31, one thread, interleaved medians) on
-EasyOCR's recognizer (7 convs + 2 BiLSTM + MatMul head, a photo as a 1×1×64×256 line):
-default op_types 1.26× faster than FP32 (output cosine 0.99997, same argmax everywhere);
-with Conv added 0.24× (4× *slower*): its convolutions cost far more as ConvInteger than
-in float. Weights are per output channel by default: on paraphrase-MiniLM per-tensor
-weights changed the sentence-similarity ranking (Spearman 0.9775: refused by the gate)
-where per-channel keeps 0.9974, at 1.95× against 1.99× FP32; on EasyOCR the two ran 1.23×
-and 1.24× (the gate's ``--bench``).
-Activations are uint8, so with int8 weights the kernels are u8×s8: ``reduce_range=auto``
-quantizes weights to 7 bits on x86 CPUs without VNNI, whose u8×s8 kernels saturate
-(:mod:`onnxopt.runtime.cpu`), as the int8 pass does.
+onnxruntime's dynamic quantizer has no Gemm: a Gemm with a constant ``B`` is first rewritten
+``MatMul(A, alpha·B[ᵀ]) + beta·C`` (exact), then quantized as a MatMul; it has no GRU either
+(reported, left float). For models dominated by MatMul/LSTM/Attention; convolutional ones
+want ``int8``: dynamic ``ConvInteger`` (no fusion, float re-scaling per node) is usually
+slower than float on CPU, so Conv is not in the default ``op_types`` (warned when asked).
+With uint8 activations and int8 weights the kernels are u8×s8: ``reduce_range=auto`` gives
+7-bit weights where they saturate (:mod:`._reduce_range`).
 """
 
 from __future__ import annotations
@@ -48,8 +28,10 @@ import onnx_ir as ir
 from onnxopt.irutil import add_initializer, constant_array, replace_node
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
+from onnxopt.runtime import first_line
 
 from . import _quant_common as qc
+from ._reduce_range import choose_reduce_range
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +182,7 @@ class QuantizeDynamicPass(OptimizerPass, ir.passes.FunctionalPass):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         weight_type = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[self.options.weights]
-        reduce_range = qc.choose_reduce_range(self.options.reduce_range, self.options.weights == "int8", self.report)
+        reduce_range = choose_reduce_range(self.options.reduce_range, self.options.weights == "int8", self.report)
         with qc.scratch_dir("onnxopt-int8-dynamic-") as tmp:
             source, target = tmp / "model.onnx", tmp / "quantized.onnx"
             onnx.save_model(prepared, str(source))
@@ -213,7 +195,7 @@ class QuantizeDynamicPass(OptimizerPass, ir.passes.FunctionalPass):
                     )
                 quantized = onnx.load(str(target))
             except Exception as exc:  # the quantizer fails in many ways on unusual graphs
-                self.report.skip_pass(f"onnxruntime dynamic quantization failed: {qc.first_line(exc)}")
+                self.report.skip_pass(f"onnxruntime dynamic quantization failed: {first_line(exc)}")
                 return None
         problem = qc.check_loads(quantized)
         if problem is not None:

@@ -20,9 +20,9 @@ import onnx_ir as ir
 from onnxopt.irutil import PROTOBUF_LIMIT
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
+from onnxopt.runtime import first_line
 
 logger = logging.getLogger(__name__)
-
 
 
 def _graph_signature(graph: onnx.GraphProto) -> bytes:
@@ -55,8 +55,7 @@ class SimplifyPass(OptimizerPass, ir.passes.FunctionalPass):
         try:
             simplified = self._simplify(proto)
         except Exception as exc:  # onnxsim raises many kinds; any of them means "skip"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.report.skip_pass(f"onnxsim failed: {reason}")  # its first line names the cause
+            self.report.skip_pass(f"onnxsim failed: {first_line(exc)}")  # its first line names the cause
             return self._unchanged(model)
         if simplified is None:
             return self._unchanged(model)

@@ -389,7 +389,9 @@ def test_optimize_refuses_a_model_onnxruntime_cannot_load_as_a_pass_failure(monk
     model = make_model(graph)
     # A pass that converts NonMaxSuppression (which has no float16 form), and whose own checks miss it:
     monkeypatch.setattr(fp16_module, "default_block_ops", lambda: ())
-    monkeypatch.setattr(fp16_module.ConvertFloat16Pass, "_unify_input_types", lambda self, model, blocked: None)
+    from onnxopt.passes import _fp16_convert
+
+    monkeypatch.setattr(_fp16_convert, "unify_input_types", lambda model, blocked: None)
     monkeypatch.setattr(fp16_module.qc, "check_loads", lambda proto, feeds=None: None)
     monkeypatch.setattr(fp16_module.ConvertFloat16Pass, "_run_isolated", lambda self, base, converted: None)
     settings = api.gate_settings("fp16", api.data_source(model))
@@ -411,7 +413,7 @@ def test_cli_optimize_a_crashing_candidate_exits_3_with_one_line(tmp_path, crash
     run = _python("""
         import sys
         from onnxopt.passes.fp16 import ConvertFloat16Pass
-        ConvertFloat16Pass._block_crashing_transposes = lambda self, model: None
+        ConvertFloat16Pass._block_crashing_transposes = lambda self, model: {}
         ConvertFloat16Pass._run_isolated = lambda self, base, converted: None
         from onnxopt.cli.main import main
         main(["optimize", sys.argv[1], "--passes", "fp16", "-o", sys.argv[2], "--input-shape", "x:2x3x4", "-q"])

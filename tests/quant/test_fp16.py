@@ -224,13 +224,15 @@ def test_mixed_auto_without_data_uses_random_inputs_with_a_warning():
 
 def test_mixed_auto_measures_on_the_context_provider(monkeypatch):
     used = []
-    real_run = fp16_module._run
+    from onnxopt.passes import _mixed_precision
+
+    real_run = _mixed_precision._run
 
     def spy(proto, feeds, provider, fp16_inputs):
         used.append(provider)
         return real_run(proto, feeds, "cpu", fp16_inputs)
 
-    monkeypatch.setattr(fp16_module, "_run", spy)
+    monkeypatch.setattr(_mixed_precision, "_run", spy)
     run_fp16(conv_stack(), PassContext(calibration=image_batches(1, 2), providers=("cpu", "cuda")), mixed="auto")
     assert used and set(used) == {"cuda"}
 

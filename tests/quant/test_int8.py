@@ -253,10 +253,10 @@ def test_per_channel_failure_falls_back_per_layer(monkeypatch, host, vnni):
     host(hostcpu.IntegerKernels(x86=True, vnni=vnni))
     original = QuantizeStaticPass._quantize
 
-    def failing(self, path, ranges, per_channel, excluded, overrides):
+    def failing(self, path, ranges, per_channel, excluded, overrides, reduce_range):
         if per_channel and "fc_w" not in overrides:
             raise ValueError("per-channel quantization failed on fc_w")
-        return original(self, path, ranges, per_channel, excluded, overrides)
+        return original(self, path, ranges, per_channel, excluded, overrides, reduce_range)
 
     monkeypatch.setattr(QuantizeStaticPass, "_quantize", failing)
     quantized, report = run_int8(conv_stack(), context())

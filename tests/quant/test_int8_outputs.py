@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import onnx
 import pytest
-from onnxopt.passes import _quant_common as qc
+from onnxopt.passes import _library_check as lc
 from onnxopt.passes.quantize_static import QuantizeStaticPass
 
 from onnxopt.errors import InputError
@@ -116,13 +116,13 @@ def test_library_check_can_be_turned_off():
 
 def test_similarity_measures_mean_and_worst_channel_correlation():
     reference = [np.stack([np.linspace(0, 1, 64).reshape(1, 8, 8), np.linspace(1, 0, 64).reshape(1, 8, 8)], 1)]
-    same = qc.output_similarity(reference, reference)
+    same = lc.output_similarity(reference, reference)
     assert same == (pytest.approx(1.0), pytest.approx(1.0))
     flipped = [reference[0] * np.array([1.0, -1.0]).reshape(1, 2, 1, 1)]  # channel 1 inverted
-    mean, worst = qc.output_similarity(reference, flipped)
+    mean, worst = lc.output_similarity(reference, flipped)
     assert worst == pytest.approx(-1.0) and mean < 0.5
-    assert qc.channel_axis((1, 3549, 6)) == 2 and qc.channel_axis((1, 2, 64, 64)) == 1
-    assert qc.channel_axis((4, 10)) is None
+    assert lc.channel_axis((1, 3549, 6)) == 2 and lc.channel_axis((1, 2, 64, 64)) == 1
+    assert lc.channel_axis((4, 10)) is None
 
 
 # ---------------------------------------------------------------- temporary files
@@ -182,7 +182,5 @@ def test_report_says_how_long_each_step_took():
     ((0.99, 0.95), (0.95, 0.96), False),
 ])
 def test_which_model_the_library_check_keeps(ours, theirs, library):
-    from onnxopt.passes.quantize_static import _library_is_better
-
-    assert _library_is_better(qc.Similarity(*ours), qc.Similarity(*theirs)) is library
+    assert lc.library_is_better(lc.Similarity(*ours), lc.Similarity(*theirs)) is library
 

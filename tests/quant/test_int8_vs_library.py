@@ -112,13 +112,9 @@ def _plain_quantize_static(path: Path, feeds: list[dict[str, np.ndarray]], tmp: 
 
 
 def _session(model: onnx.ModelProto):
-    import onnxruntime as ort
+    from onnxopt.runtime import create_session
 
-    from onnxopt.io import runnable_bytes
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    return ort.InferenceSession(runnable_bytes(model), options, providers=["CPUExecutionProvider"])
+    return create_session(model, log_level=4)
 
 
 def _r(a: np.ndarray, b: np.ndarray) -> float | None:
