@@ -4,9 +4,11 @@
 ``onnxopt.decomp``; a pass module states only its algebra, rank selection and factors.
 
 * :class:`RankOptions` — one rank selector (``rank``, ``energy``, ``vbmf``, ``speedup``;
-  ``energy=0.95`` when none is given), rounding, layer filters, ``refit``, ``force``.
+  ``energy=0.95`` when none is given), rounding, layer filters, ``refit``, ``force``;
+  :class:`WhitenOptions` adds ``whiten`` (auto|true|false) for ``svd`` and ``tucker``.
 * :class:`DecomposePass` — walks the main graph (``If``/``Loop`` bodies are left alone),
-  skips what :func:`~onnxopt.passes._layers.read_layer` rejects, calls ``_try_decompose``
+  skips what :func:`~onnxopt.passes._layers.read_layer` rejects, collects the layers' input
+  statistics when whitening (``_whiten``), calls ``_try_decompose``
   per layer (in ``--jobs`` threads, one BLAS thread each; the result does not depend on
   it), skips "MACs would not drop" unless ``force``, emits the factors (``_surgery``),
   refits them (``_refit``) and reports ``method``, ``ranks``, ``macs_before`` /
@@ -21,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
@@ -35,6 +37,7 @@ from onnxopt.passes._layers import (  # noqa: F401  (conv_out_hw, Factor: names 
 )
 from onnxopt.passes._refit import refit_last_factors
 from onnxopt.passes._surgery import emit_factors
+from onnxopt.passes._whiten import collect_input_moments
 
 from onnxopt import irutil
 from onnxopt.analysis.shapes import static_shapes
@@ -123,6 +126,16 @@ class RankOptions:
         return f"{key}={value:g}{default}"
 
 
+@dataclass(frozen=True)
+class WhitenOptions(RankOptions):
+    """Rank options plus ``whiten``, for the passes that factor against input statistics."""
+
+    whiten: bool | Literal["auto"] = option(
+        "auto", "factor each layer against the second moment of its real input on the calibration data "
+                "(SVD-LLM / ASVD whitening: at the ranks the weights select, the factors minimise the output "
+                "error rather than the weight error); auto: on when calibration data is given (--data)")
+
+
 class SkipLayer(Exception):
     """Raised by a pass's rank selection to skip the layer with ``str(exc)`` as the reason."""
 
@@ -147,11 +160,11 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
     op_types: ClassVar[tuple[str, ...]] = ("Conv",)
     lossless = False
     needs_data = False  # the pass works without data;
-    optional_data = True  # refit=true uses calibration data
+    optional_data = True  # refit=true uses calibration data; whitening too (WhitenOptions)
 
     @classmethod
     def uses_data(cls, options: RankOptions) -> bool:
-        return bool(getattr(options, "refit", False))
+        return bool(getattr(options, "refit", False)) or getattr(options, "whiten", False) is True
 
     # -- hooks
 
@@ -201,6 +214,8 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
             name = node.name or (node.outputs[0].name if node.outputs else f"{node.op_type}_{index}")
             layers.append((name, node, read_layer(node, name, shapes, self.options, self._kernel_reason)))
         work = [layer for _, _, layer in layers if not isinstance(layer, str)]
+        if self._whitening():
+            collect_input_moments(model, work, context=self.context, report=self.report, pass_name=self.name)
         results: dict[int, tuple[Decomposition | str, float]] = {}
         jobs = max(1, min(int(self.context.jobs or 1), len(work)))
         for layer in work:
@@ -246,6 +261,18 @@ class DecomposePass(OptimizerPass, ir.passes.InPlacePass):
                                pass_name=self.name, method=self.method)
         self._record(planned)
         return ir.passes.PassResult(model, True)
+
+    def _whitening(self) -> bool:
+        """Whether to collect input statistics: ``whiten`` true, or auto with calibration data."""
+        choice = getattr(self.options, "whiten", False)
+        if choice is False:
+            return False
+        if self.context.calibration is None:
+            if choice is True:
+                self.report.warn("whiten=true but no calibration data was given (--data): the weights are "
+                                 "factored without whitening")
+            return False
+        return True
 
     def _plan(self, layer: Layer) -> tuple[Decomposition | str, float]:
         """``_try_decompose`` with numerical failures turned into skip reasons, timed."""

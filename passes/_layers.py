@@ -50,6 +50,9 @@ class Layer:
     attributes: dict[str, Any] = field(default_factory=dict)  # gemm: transA, alpha, beta
     macs: float = 0.0  # original MACs (per sample, or per output pixel / row)
     opset: int = 0  # the model's default-domain opset
+    # E[xᵀx] of the layer's input rows (matrices: features; convs: input channels) on the
+    # calibration data, when the pass whitens (see passes/_whiten.py); else None
+    input_moment: np.ndarray | None = None
     # progress(message, done, total) from inside one layer's numerics; None where layers
     # are decomposed in worker threads
     progress: Callable[[str, int, int], None] | None = None

@@ -3,10 +3,10 @@ layer and its bias re-solved by streaming least squares on calibration batches
 (:class:`onnxopt.decomp.LastFactorRefit`), so that the layer's *output* matches the
 original layer's output on real activations (Zhang et al. 2016).
 
-One onnxruntime CPU session runs a protobuf copy of the original model (taken before any
-rewrite) with, per layer, a side branch that applies the layer's new factors but the last
-to the layer's original input: one pass over the data yields Y (the original layer's
-output, bias included) and Z (the input of the last factor). Each layer is fitted on its
+One onnxruntime CPU session (``_activations``) runs a protobuf copy of the original model
+(taken before any rewrite) with, per layer, a side branch that applies the layer's new
+factors but the last to the layer's original input: one pass over the data yields Y (the
+original layer's output, bias included) and Z (the input of the last factor). Each layer is fitted on its
 own, on the original network's activations. A new weight is kept only where it lowers the
 output residual. Memory does not grow with the number of samples: per layer
 8·((R+1)² + F·(R+1)) bytes of accumulators, plus one batch of the exposed activations.
@@ -20,12 +20,13 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
+from onnxopt.passes._activations import stream_values, token_rows
 from onnxopt.passes._layers import DecomposedLayer
 from onnxopt.passes._surgery import drop_if_unused, factor_stem
 
 from onnxopt import irutil
 from onnxopt.decomp import LastFactorRefit, blas_threads, im2col
-from onnxopt.runtime import create_session, first_line
+from onnxopt.runtime import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +52,9 @@ def _refit_all(model: ir.Model, original, done: list[DecomposedLayer], context, 
     elem_type = {n: ir.DataType.from_numpy(d.layer.dtype).value
                  for names in (y_names, z_names) for n, d in zip(names, done)}
     names = y_names + z_names
-    session = _session(original, names, elem_type)
-    del original
-    wanted = {i.name for i in session.get_inputs()}
-
     solvers: list[LastFactorRefit | None] = [None] * len(done)
     batches = 0
-    for feeds in context.calibration():
-        values = dict(zip(names, session.run(names, {k: v for k, v in feeds.items() if k in wanted})))
-        tokens = _real_tokens(feeds)
+    for values, tokens in stream_values(original, names, elem_type, context.calibration):
         for index, item in enumerate(done):
             Z, Y = _refit_samples(item, values[z_names[index]], values[y_names[index]], tokens)
             if solvers[index] is None:
@@ -98,9 +93,9 @@ def _refit_samples(item: DecomposedLayer, Z: np.ndarray, Y: np.ndarray,
             pads = explicit_pads(attrs, (kh, kw), Z.shape[2:])
             Z = im2col(Z, (kh, kw), attrs["strides"], pads, attrs["dilations"])
         return Z, Y
-    if tokens is not None and Z.ndim == 3 and Z.shape[:2] == tokens.shape and Y.shape[:2] == tokens.shape:
-        return Z[tokens], Y[tokens]
-    return Z.reshape(-1, Z.shape[-1]), Y.reshape(-1, Y.shape[-1])
+    if Z.shape[:-1] != Y.shape[:-1]:
+        tokens = None
+    return token_rows(Z, tokens), token_rows(Y, tokens)
 
 
 def _apply_refit(graph: ir.Graph, item: DecomposedLayer, solver: LastFactorRefit, method: str) -> dict[str, Any]:
@@ -168,29 +163,6 @@ def explicit_pads(attributes: dict[str, Any], kernel: tuple[int, int], in_hw: tu
     if auto_pad == "VALID":
         return [0, 0, 0, 0]
     return list(attributes.get("pads", [0, 0, 0, 0]))
-
-
-def _real_tokens(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The attention mask of a batch of token inputs (an input named ``mask``, ``*_mask``:
-    2-D, integer, bool or float) as booleans, or None."""
-    for name, value in feeds.items():
-        base = name.rsplit(":", 1)[0].lower()
-        if (base == "mask" or base.endswith("_mask")) and value.ndim == 2 and value.dtype.kind in "biuf":
-            return value != 0
-    return None
-
-
-def _session(original, extra_outputs: list[str], elem_types: dict[str, int]):
-    """A CPU session on ``original`` (a ModelProto this module owns) that also outputs
-    ``extra_outputs``."""
-    import onnx
-
-    existing = {o.name for o in original.graph.output}
-    for name in extra_outputs:
-        if name not in existing:
-            original.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_types[name], None))
-            existing.add(name)
-    return create_session(original)
 
 
 def _add_side_branches(original, done: list[DecomposedLayer]) -> list[str]:

@@ -11,15 +11,18 @@ with √S split between the factors (``onnxopt.decomp.lowrank_matrix``). Emitted
   ``svd_last`` 1×1 R → F + bias.
 
 Exact at R = min(K, N); MACs per row drop from K·N to R·(K + N). Ranks act on Wm; then
-rounded up to a multiple of ``round``. ``refit`` re-solves ``second`` and the bias
-(MatMul: the weight only).
+rounded up to a multiple of ``round``. ``whiten`` (on by default with calibration data)
+factors S·Wm instead, S² the second moment of the layer's input rows
+(``onnxopt.decomp.whiten``): at the rank the weight's own spectrum selects (so the same
+MACs), the truncation then minimises the output error on that data. ``refit`` re-solves ``second`` and
+the bias (MatMul: the weight only).
 """
 from __future__ import annotations
 
 import numpy as np
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, WhitenOptions
 
-from onnxopt.decomp import lowrank_matrix, singular_values, svd_macs
+from onnxopt.decomp import lowrank_matrix, singular_values, svd_macs, whitened_svd
 from onnxopt.registry import register
 
 
@@ -28,6 +31,7 @@ class DecomposeSvdPass(DecomposePass):
     name = "svd"
     method = "svd"
     op_types = ("Conv", "Gemm", "MatMul")
+    Options = WhitenOptions
     summary = "low-rank Gemm/MatMul/1×1 Conv weights as two thin layers (Denton et al. 2014)"
 
     def _kernel_reason(self, kh: int, kw: int) -> str | None:
@@ -43,8 +47,11 @@ class DecomposeSvdPass(DecomposePass):
             Wm = layer.weight  # [K, N]
             rows = layer.cost_rows()
         K, N = Wm.shape
+        white = whitened_svd(Wm, layer.input_moment) if layer.input_moment is not None else None
         rank = self._select_rank(
             min(K, N),
+            # ranks from the weight's own spectrum, whitened or not: the same ranks and MACs as
+            # without data, so whitening only changes what the factors fit (the output)
             singular_values=lambda: singular_values(Wm),
             vbmf_matrix=lambda: np.asarray(Wm, dtype=np.float64),
             macs_for=lambda r: svd_macs(K, N, r, rows),
@@ -52,7 +59,8 @@ class DecomposeSvdPass(DecomposePass):
         )
         macs = svd_macs(K, N, rank, rows)
         self._check_macs_drop(layer, macs)
-        low = lowrank_matrix(Wm, rank)
+        low = white.lowrank(rank) if white else lowrank_matrix(Wm, rank)
+        details = {"whitened": True, "output_rel_error": round(white.output_rel_error(rank), 6)} if white else {}
         if layer.kind == "conv":
             conv = layer.conv
             factors = [
@@ -70,4 +78,5 @@ class DecomposeSvdPass(DecomposePass):
             factors = [first, Factor("last", "Gemm", low.second, {"alpha": attrs["alpha"], "beta": attrs["beta"]})]
         else:
             factors = [Factor("first", "MatMul", low.first), Factor("last", "MatMul", low.second)]
-        return Decomposition(ranks={"R": rank}, factors=factors, macs_after=macs, rel_error=low.rel_error)
+        return Decomposition(ranks={"R": rank}, factors=factors, macs_after=macs, rel_error=low.rel_error,
+                             details=details)

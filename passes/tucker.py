@@ -10,14 +10,24 @@ U_out [F, R2], U_in [C, R1] and the core G = W ×_F U_outᵀ ×_C U_inᵀ (``onn
 
 Exact at R1 = C, R2 = F. Ranks: ``energy`` / ``vbmf`` act on each unfolding (mode F:
 [F, C·kh·kw], mode C: [C, F·kh·kw]) separately; ``rank`` applies to both modes; ``speedup``
-keeps R1/C = R2/F. Both ranks are rounded up to a multiple of ``round``. ``refit``
-re-solves ``tucker_last`` and the bias. 1×1 convolutions are left to ``svd``.
+keeps R1/C = R2/F. Both ranks are rounded up to a multiple of ``round``. ``whiten`` (on by
+default with calibration data) factors W ×_C S instead, S² the second moment of the input
+channels, and maps the input factor back by S⁻¹ (distribution-aware Tucker,
+``onnxopt.decomp.whitened_tucker2``) at the ranks the weight's own unfoldings select. ``refit`` re-solves ``tucker_last`` and the bias. 1×1 convolutions are left to
+``svd``.
 """
 from __future__ import annotations
 
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, WhitenOptions
 
-from onnxopt.decomp import tucker2, tucker2_unfolding_singular_values, tucker2_unfoldings, tucker_macs
+from onnxopt.decomp import (
+    tucker2,
+    tucker2_unfolding_singular_values,
+    tucker2_unfoldings,
+    tucker_macs,
+    whitened_tucker2,
+    whitening,
+)
 from onnxopt.registry import register
 
 
@@ -26,18 +36,21 @@ class DecomposeTuckerPass(DecomposePass):
     name = "tucker"
     aliases = ("bottleneck",)
     method = "tucker"
+    Options = WhitenOptions
     summary = "Tucker-2 bottleneck 1×1 → k×k → 1×1 (Kim et al. 2016); refit=true uses calibration data"
 
     def _try_decompose(self, layer: Layer) -> Decomposition:
         W = layer.weight
         F, C, kh, kw = W.shape
         out_hw, in_hw = layer.cost_hw()
+        white = whitening(layer.input_moment) if layer.input_moment is not None else None
 
         def macs_for(rank_out: int, rank_in: int) -> float:
             return tucker_macs(C, F, kh, kw, rank_out, rank_in, out_hw, in_hw)
 
         rank_out, rank_in = self._select_rank(
             (F, C),
+            # ranks from the weight's own unfoldings, whitened or not: the same ranks and MACs
             singular_values=lambda: tucker2_unfolding_singular_values(W),
             vbmf_matrix=lambda: tucker2_unfoldings(W),
             macs_for=macs_for,
@@ -45,7 +58,12 @@ class DecomposeTuckerPass(DecomposePass):
         )
         macs = macs_for(rank_out, rank_in)
         self._check_macs_drop(layer, macs)
-        factors = tucker2(W, rank_out, rank_in)
+        details = {}
+        if white:
+            factors, output_error = whitened_tucker2(W, rank_out, rank_in, white)
+            details = {"whitened": True, "output_rel_error": round(output_error, 6)}
+        else:
+            factors = tucker2(W, rank_out, rank_in)
         pointwise = {"kernel": (1, 1), "keep_spatial": False}
         return Decomposition(
             ranks={"R1": rank_in, "R2": rank_out},
@@ -56,4 +74,5 @@ class DecomposeTuckerPass(DecomposePass):
             ],
             macs_after=macs,
             rel_error=factors.rel_error,
+            details=details,
         )

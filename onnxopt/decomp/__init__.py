@@ -53,15 +53,28 @@ from .tucker import (
     tucker2_unfolding_singular_values,
     tucker2_unfoldings,
 )
+from .whiten import (
+    SecondMoment,
+    WhitenedSVD,
+    Whitening,
+    whiten_input_mode,
+    whitened_lowrank,
+    whitened_svd,
+    whitened_tucker2,
+    whitening,
+)
 
 __all__ = [
     "CP",
     "EVBMFResult",
     "LastFactorRefit",
     "LowRankMatrix",
+    "SecondMoment",
     "Separable",
     "SpatialFactors",
     "Tucker2",
+    "WhitenedSVD",
+    "Whitening",
     "blas_threads",
     "conv_output_hw",
     "cp4",
@@ -99,4 +112,9 @@ __all__ = [
     "tucker2_unfolding_singular_values",
     "tucker2_unfoldings",
     "tucker_macs",
+    "whiten_input_mode",
+    "whitened_lowrank",
+    "whitened_svd",
+    "whitened_tucker2",
+    "whitening",
 ]
