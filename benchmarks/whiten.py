@@ -30,19 +30,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# the sequence benchmark's model, data and fidelity measures
+from sequence import (  # noqa: E402
+    CALIBRATION,
+    EMBEDDING,
+    EVAL_BATCH,
+    MAX_LENGTH,
+    MODEL,
+    SENTENCES,
+    TOKENIZER,
+    pairwise_similarities,
+    row_cosines,
+    spearman,
+)
+
 from onnxopt import api, io  # noqa: E402
 from onnxopt.passbase import PassContext  # noqa: E402
 from onnxopt.runtime import create_session, first_line  # noqa: E402
 from onnxopt.runtime.cpu import cpu_name  # noqa: E402
 
-SEQUENCE = ROOT.parent / "shared" / "models" / "sequence"
-MODEL = SEQUENCE / "paraphrase_minilm_l3.onnx"
-TOKENIZER = SEQUENCE / "paraphrase_minilm_l3.tokenizer.json"
-SENTENCES = ROOT / "samples" / "sentences.txt"
-MAX_LENGTH = 128
-CALIBRATION = 100
-EMBEDDING = "461"  # the sentence embedding, [batch, 384]
-EVAL_BATCH = 20
 VARIANTS = (("plain + refit", "whiten=false:refit=true"),
             ("whitened", "whiten=true:refit=false"),
             ("whitened + refit", "whiten=true:refit=true"))
@@ -52,28 +58,6 @@ def embeddings(model, source) -> np.ndarray:
     session = create_session(model, "cpu", threads=1)
     rows = [session.run([EMBEDDING], batch.feeds)[0] for batch in source.batches(EVAL_BATCH)]
     return np.concatenate(rows).astype(np.float64)
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-
-
-def pairwise_similarities(e: np.ndarray) -> np.ndarray:
-    unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-30)
-    return (unit @ unit.T)[np.triu_indices(len(e), k=1)]
-
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 0..n-1, ties given their average rank."""
-    order = np.argsort(x, kind="stable")
-    _values, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    result = np.empty(len(x))
-    result[order] = np.repeat(first + (counts - 1) / 2, counts)
-    return result
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
 def run_variant(proto, spec: str, calibration, evaluation, reference: np.ndarray, reference_pairs: np.ndarray) -> str:

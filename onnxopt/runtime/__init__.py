@@ -156,20 +156,9 @@ def _reason_line(printed: str, in_build: bool) -> str:
 
 def _probe_model_bytes() -> bytes:
     """A one-node Identity model, small and valid for any onnxruntime we support."""
-    from onnx import TensorProto, helper
+    from onnxopt.runtime.ir_version import probe_model
 
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "onnxopt_cuda_probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", _PROBE_OPSET)],
-        ir_version=_PROBE_IR_VERSION,
-    )
-    return model.SerializeToString()
+    return probe_model(_PROBE_IR_VERSION, _PROBE_OPSET)
 
 
 @functools.cache

@@ -16,27 +16,31 @@ import onnx
 _OLDEST_PROBED = 7  # IR version of ONNX 1.3; every onnxruntime we support loads it
 
 
-@functools.cache
-def max_runtime_ir_version() -> int:
-    """The highest IR version the installed onnxruntime loads (probed once, quietly)."""
-    import onnxruntime as ort
+def probe_model(ir_version: int, opset: int = 13) -> bytes:
+    """A one-node Identity model, serialized: what the probes of onnxruntime load."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
+        "onnxopt_probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
     )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version).SerializeToString()
+
+
+@functools.cache
+def max_runtime_ir_version() -> int:
+    """The highest IR version the installed onnxruntime loads (probed once, quietly)."""
+    import onnxruntime as ort
+
     # A bare session, like runtime.cuda_status's probe: create_session clamps models with
     # this module, which therefore does not import it (no import cycle).
     options = ort.SessionOptions()
     options.log_severity_level = 4
     for version in range(onnx.IR_VERSION, _OLDEST_PROBED - 1, -1):
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = version
         try:
-            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(probe_model(version), options, providers=["CPUExecutionProvider"])
             return version
         except Exception:  # onnxruntime raises several unrelated types; any means "not this version"
             continue

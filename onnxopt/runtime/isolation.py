@@ -1,26 +1,18 @@
 """Crash isolation: run models on onnxruntime in a child process before running them here.
 
-onnxruntime is native code and some models crash it outright (a float16 Transpose into a
-MatMul made the CPU provider of onnxruntime 1.31 segfault while creating the session).
-:func:`run_isolated` creates the sessions — with the gate's options: pip's CUDA libraries
-preloaded, TF32 off — and runs one batch in a fresh interpreter, so a native crash kills
-only the child and becomes one line (``the optimized model crashed onnxruntime (signal
-SIGSEGV) on cpu while creating the session``).
+onnxruntime is native code and some models crash it outright. :func:`run_isolated` creates
+the sessions (with the gate's options: pip's CUDA libraries preloaded, TF32 off) and runs
+one batch in a fresh interpreter, so a native crash kills only the child and becomes one
+line (``the optimized model crashed onnxruntime (signal SIGSEGV) on cpu while creating the
+session``). The child is started with :mod:`subprocess` (never a fork of this threaded
+process), imports only numpy and onnxruntime, reads the models as files and reports each
+stage before it starts it, so a crash is located; it is killed and waited for on every exit
+path. CUDA that does not load there, or a SIGKILL (out of memory), says nothing about the
+model: a warning, and the caller runs the models in-process.
 
-The child is started with :mod:`subprocess` (never a fork of this threaded process; not
-multiprocessing, which re-imports the caller's ``__main__``), imports only numpy and
-onnxruntime, reads the models as files from a private folder and the feeds by pickle,
-and reports each stage before it starts it, so a crash is located. It is killed and
-waited for on every exit path. CUDA that does not load in the child, and a child killed
-by SIGKILL (the out-of-memory killer), say nothing about the model: both are warnings,
-and the caller runs the models in-process as before. Cost: an interpreter start and two
-imports, about 0.2–0.5 s.
-
-:func:`check_candidate` is what ``optimize`` calls before its gate: a crash of the
-optimized model, or an error loading or running it while the original runs, is the
-passes' fault (:class:`CandidateFailed`, exit 3, nothing written); a crash of the original
-is the input's (:class:`~onnxopt.errors.InputError`, exit 2). ``onnxopt compare``
-preflights its models the same way.
+:func:`check_candidate` is what ``optimize`` calls before its gate: a crash of the optimized
+model is the passes' fault (:class:`CandidateFailed`, exit 3, nothing written); a crash of
+the original is the input's (:class:`~onnxopt.errors.InputError`, exit 2).
 """
 
 from __future__ import annotations
