@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError
 
 from onnxopt.errors import InputError, UsageError
 from onnxopt.irutil import PROTOBUF_LIMIT  # bytes; larger models need external data
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 from onnxopt.runtime.ir_version import clamp_ir_version
 
 logger = logging.getLogger(__name__)
@@ -143,8 +143,7 @@ def check_model(model: onnx.ModelProto, origin: str) -> None:
         onnx.checker.check_model(model, full_check=False)
     except onnx.checker.ValidationError as exc:
         # the checker's point often comes after a line break ("... of node:\nname: ... is not output of ...")
-        message = " ".join(str(exc).split())
-        raise InputError(f"{origin}: the model fails the ONNX checker: {first_line(message)}") from None
+        raise InputError(f"{origin}: the model fails the ONNX checker: {one_line(exc)}") from None
 
 
 def load(source: str | os.PathLike, *, stdin: BinaryIO | None = None) -> ir.Model:

@@ -28,7 +28,7 @@ from onnxopt.errors import OnnxoptError, PassFailed, UsageError
 from onnxopt.passbase import OptimizerPass, PassContext
 from onnxopt.registry import PassSpec, build_options, get, load_config, parse_spec
 from onnxopt.report import PassReport
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Pipeline:
 
 
 def _reason(exc: BaseException) -> str:
-    text = first_line(exc)
+    text = one_line(exc)
     return type(exc).__name__ if text == type(exc).__name__ else f"{type(exc).__name__}: {text}"
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from onnxopt.errors import UsageError
 from onnxopt.passbase import OptimizerPass, PassContext
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 
 _PASSES: dict[str, type[OptimizerPass]] = {}
 _ALIASES: dict[str, str] = {}
@@ -124,8 +124,8 @@ def _load_config_data(path: Path) -> Any:
 
             return yaml.safe_load(text)
     except Exception as exc:
-        message = " ".join(str(exc).split())  # YAML's says where on its later lines
-        raise UsageError(f"{path}: invalid {suffix[1:].upper()} config: {first_line(message or exc)}") from None
+        # YAML's message says where on its later lines
+        raise UsageError(f"{path}: invalid {suffix[1:].upper()} config: {one_line(exc)}") from None
     raise UsageError(f"{path}: unknown config format '{suffix}'; valid: .yaml, .yml, .toml, .json")
 
 

@@ -46,7 +46,7 @@ def session_with_outputs(proto, extra_outputs: list[str], elem_types: dict[str, 
         if name not in existing:
             proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_types[name], None))
             existing.add(name)
-    return create_session(proto)
+    return create_session(proto, built=True)
 
 
 def stream_values(proto, names: list[str], elem_types: dict[str, int],

@@ -349,15 +349,9 @@ def opset_of(proto: onnx.ModelProto) -> int:
 
 
 def ort_session(model: onnx.ModelProto, provider: str = "cpu", **options):
-    """An onnxruntime session (:func:`onnxopt.runtime.create_session`) for a model a pass works on.
-
-    onnxruntime refusing it is the pass's failure, not a fault of the user's input: the
-    InputError of ``create_session`` becomes a RuntimeError with onnxruntime's own first line.
-    """
-    try:
-        return create_session(model, provider, **options)
-    except InputError as exc:
-        raise RuntimeError(first_line(exc.__cause__ or exc)) from exc
+    """An onnxruntime session for a model a pass works on: onnxruntime refusing it is the
+    pass's failure (a RuntimeError with onnxruntime's first line), not the user's input's."""
+    return create_session(model, provider, built=True, **options)
 
 
 def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | None:

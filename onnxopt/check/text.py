@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 
 # onnxruntime wraps a load failure as "Load model from <path> failed: <reason>"; the path is
 # already the finding's path.
@@ -12,9 +12,9 @@ _LOAD_MODEL_FAILED = re.compile(r"Load model from \S+ failed:\s*")
 
 
 def error_text(error: BaseException | str, limit: int = 300) -> str:
-    """An error as one line for a finding: :func:`onnxopt.runtime.first_line` of the whole
-    message with its lines joined (a checker's context line names the node at fault)."""
-    return first_line(" ".join(_LOAD_MODEL_FAILED.sub("", str(error)).split()), limit)
+    """An error as one line for a finding, every line kept (a checker's context line names
+    the node at fault)."""
+    return one_line(_LOAD_MODEL_FAILED.sub("", str(error)), limit)
 
 
 def human_bytes(value: int) -> str:

@@ -9,7 +9,7 @@ import click
 from onnxopt import __version__
 from onnxopt.cli.common import EXIT_CODES_HELP
 from onnxopt.errors import EXIT_PASS_FAILED, EXIT_USAGE, OnnxoptError
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 
 
 @click.group(
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(
-            f"onnxopt: internal error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
+            f"onnxopt: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
             err=True,
         )
         sys.exit(EXIT_PASS_FAILED)

@@ -7,7 +7,8 @@
   ``onnxruntime-gpu`` lists CUDA even where its libraries are missing; only a created
   session's ``get_providers()`` tells, and its failure is printed natively on fd 2, so the
   probe runs with fd 2 redirected (:func:`capture_fd2`) and reports one clean line.
-- :func:`first_line`: an error (onnxruntime's multi-line native text included) as one line.
+- :func:`first_line` / :func:`one_line`: an error (onnxruntime's multi-line native text
+  included) as one line: its first line, or all of it joined.
 
 Provider names are the short ones, ``"cpu"`` and ``"cuda"``; :data:`ORT_PROVIDER` maps them
 to onnxruntime's. onnxruntime is imported inside the functions, so importing this module
@@ -232,9 +233,22 @@ def first_line(error: BaseException | str, limit: int = 300) -> str:
     location. Whitespace is collapsed and the text cut at ``limit`` characters. An empty
     message gives the exception's type name.
     """
-    text = _ORT_STATUS.sub("", _ANSI.sub("", str(error)))
-    text = _CPP_LOCATION.sub("", text)
-    line = next((" ".join(part.split()) for part in text.splitlines() if part.strip()), "")
+    text = _undecorated(error)
+    return _cut(next((" ".join(part.split()) for part in text.splitlines() if part.strip()), ""), error, limit)
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """The whole message of an error on one line: as :func:`first_line`, with every line
+    kept, for messages whose point follows a line break (the ONNX checker's "... of node:
+    name: ...", onnxruntime's "invalid dimensions ... index: 1 Got: 3 Expected: 4")."""
+    return _cut(" ".join(_undecorated(error).split()), error, limit)
+
+
+def _undecorated(error: BaseException | str) -> str:
+    return _CPP_LOCATION.sub("", _ORT_STATUS.sub("", _ANSI.sub("", str(error))))
+
+
+def _cut(line: str, error: BaseException | str, limit: int) -> str:
     if not line:
         return type(error).__name__ if isinstance(error, BaseException) else "unknown error"
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -257,6 +271,7 @@ def create_session(
     tf32: bool = False,
     log_level: int = 3,
     quiet: bool = False,
+    built: bool = False,
 ) -> onnxruntime.InferenceSession:
     """Create an onnxruntime session for ``model`` (a ModelProto, serialized bytes or a path).
 
@@ -271,13 +286,17 @@ def create_session(
     convolutions in TF32 (onnxruntime's default, 10-bit mantissa); off, so that a float32
     model computes float32 on CUDA as on the CPU; latency measurements turn it on, as the
     model runs when deployed. ``log_level``: onnxruntime's severity (3 = errors only).
-    ``quiet``: also keep what onnxruntime prints natively on fd 2 off the terminal.
+    ``quiet``: also keep what onnxruntime prints natively on fd 2 off the terminal (it goes
+    to the debug log). ``built``: the model is one onnxopt built (a pass's candidate, a copy
+    with extra outputs): onnxruntime refusing it is onnxopt's failure, a RuntimeError with
+    onnxruntime's first line, not the user's input's.
 
     Raises:
         UsageError: unknown provider or optimization level, or a thread count below 1.
         InputError: CUDA does not load here, or onnxruntime cannot load the model
             (one line, e.g. the unsupported IR version or the missing operator; the
             original exception is the ``__cause__``).
+        RuntimeError: with ``built``, onnxruntime cannot load the model.
     """
     import onnxruntime as ort
 
@@ -309,11 +328,17 @@ def create_session(
         opts.add_session_config_entry(key, value)
 
     source = _session_source(model)
+    printed: list[str] = []
     try:
-        with capture_fd2() if quiet else contextlib.nullcontext():
+        with capture_fd2() if quiet else contextlib.nullcontext(printed) as printed:
             session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises several unrelated types
+        if built:
+            raise RuntimeError(first_line(exc)) from exc
         raise InputError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+    finally:
+        if any(text.strip() for text in printed):
+            log.debug("onnxruntime printed while creating the session: %s", one_line("".join(printed)))
     log.debug("session on %s: %s", provider, session.get_providers())
     return session
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from onnxopt.errors import InputError, PassFailed
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 from onnxopt.runtime.scratch import scratch_dir
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class IsolatedRun:
 def error_line(text: str) -> str:
     """onnxruntime's error as one line: status and source-location prefixes dropped."""
     text = _SOURCE_PREFIX.sub("", _ORT_PREFIX.sub("", text.strip()))
-    return first_line(text) if text else "unknown error"
+    return one_line(text) if text else "unknown error"
 
 
 @dataclass(frozen=True)
@@ -328,7 +328,7 @@ def _run_child(requests: list[tuple[int, dict[str, Any]]], timeout: float | None
             stderr=subprocess.DEVNULL, env=env,
         )
     except OSError as exc:
-        raise IsolationUnavailable(f"cannot start a child process: {first_line(exc)}") from exc
+        raise IsolationUnavailable(f"cannot start a child process: {one_line(exc)}") from exc
     timed_out = False
     with process:  # closes the pipes and waits for the child on every exit path
         try:

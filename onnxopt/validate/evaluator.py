@@ -25,7 +25,7 @@ import numpy as np
 
 from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.passbase import CandidateScore
-from onnxopt.runtime import create_session, first_line
+from onnxopt.runtime import create_session, one_line
 from onnxopt.runtime.ir_version import runnable_bytes
 from onnxopt.validate.compare import ORT_INPUT_TYPES as _ORT_TYPES
 from onnxopt.validate.metrics import MetricsAccumulator
@@ -210,7 +210,7 @@ class SplitEvaluator:
         except InputError:
             raise
         except Exception as exc:  # onnxruntime raises several unrelated types
-            return self._failed(f"the candidate failed to run: {first_line(exc)}", split_info, start)
+            return self._failed(f"the candidate failed to run: {one_line(exc)}", split_info, start)
         del session
         split_info["samples"] = samples
         metrics = accumulator.result()

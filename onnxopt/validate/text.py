@@ -27,7 +27,7 @@ import numpy as np
 
 from onnxopt.analysis.inputs import InputInfo, base_name
 from onnxopt.errors import InputError, UsageError
-from onnxopt.runtime import first_line
+from onnxopt.runtime import one_line
 from onnxopt.validate.sources import DataSource
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def load_tokenizer(path: Path):
         return Tokenizer.from_file(str(path))
     except Exception as error:  # tokenizers raises plain Exception for bad JSON or schema
         raise InputError(
-            f"cannot read tokenizer '{path}': not a Hugging Face tokenizer.json ({first_line(error, 160)})"
+            f"cannot read tokenizer '{path}': not a Hugging Face tokenizer.json ({one_line(error, 160)})"
         ) from None
 
 
@@ -297,7 +297,7 @@ class TextSource(DataSource):
             encodings = self.tokenizer.encode_batch(self.texts(start, stop))
         except Exception as error:  # tokenizers raises plain Exception
             raise InputError(f"tokenizer '{self.tokenizer_path.name}' failed on {self.path.name}: "
-                             f"{first_line(error, 160)}") from None
+                             f"{one_line(error, 160)}") from None
         self._known[start:stop] = True
         self._cut[start:stop] = [bool(e.overflowing) for e in encodings]
         return encodings

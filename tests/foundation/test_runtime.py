@@ -241,3 +241,20 @@ def test_create_session_takes_a_model_proto_with_a_newer_ir_version():
 def test_create_session_unknown_optimization_level_is_usage_error():
     with pytest.raises(UsageError, match="optimization level"):
         create_session(_add_model(), optimization="fast")
+
+
+def test_one_line_keeps_what_follows_a_line_break():
+    text = "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x\n index: 1 Got: 3 Expected: 4"
+    assert prov.one_line(RuntimeError(text)) == "Got invalid dimensions for input: x index: 1 Got: 3 Expected: 4"
+    assert prov.first_line(RuntimeError(text)) == "Got invalid dimensions for input: x"
+
+
+def test_a_model_onnxopt_built_that_does_not_load_is_not_the_inputs_fault():
+    """built=True: a RuntimeError (the pass's failure, exit 3), not an InputError (exit 2)."""
+    model = _add_model()
+    model.graph.node[0].op_type = "NoSuchOp"
+    with pytest.raises(InputError):
+        create_session(model)
+    with pytest.raises(RuntimeError) as caught:
+        create_session(model, built=True)
+    assert not isinstance(caught.value, InputError) and "NoSuchOp" in str(caught.value)
