@@ -12,6 +12,8 @@ This module states the pass and its options; the search itself lives in
 :mod:`onnxopt.search` (above the passes), which the caller hands over as
 ``context.search`` together with the ``context.evaluator`` that scores and times models.
 Every model it builds is built with the plain passes, as the pipeline config it saves.
+With calibration data and PyTorch, the final candidates that decompose are also recovered
+(the ``recover`` pass after the decomposition; ``recover=auto|true|false``).
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ class AutoOptions:
     time_budget: float | None = option(None, "seconds the search may spend (default: the context's --time-budget)")
     cache_dir: str | None = option(None, "cache folder (default $XDG_CACHE_HOME/onnxopt/auto)")
     cache: bool = option(True, "read and write the measurement cache")
+    recover: bool | Literal["auto"] = option(
+        "auto", "distil the final candidates that decompose on the calibration data (the recover pass after the "
+                "decomposition, before the quantization): auto = when --data is given and PyTorch is installed, "
+                "true = required, false = never")
+    recover_steps: int = option(200, "optimizer steps of each recovery (early stopping may end it sooner)")
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in ALL_METHODS]
@@ -75,8 +82,8 @@ class AutoOptions:
             raise ValueError("round must be >= 1")
         if self.min_layer_speedup < 1 or self.min_speedup < 1:
             raise ValueError("min_layer_speedup and min_speedup must be >= 1")
-        if self.per_layer < 1 or self.latency_runs < 1 or self.patience < 1:
-            raise ValueError("per_layer, latency_runs and patience must be >= 1")
+        if self.per_layer < 1 or self.latency_runs < 1 or self.patience < 1 or self.recover_steps < 1:
+            raise ValueError("per_layer, latency_runs, patience and recover_steps must be >= 1")
         if (self.sensitivity_samples or 0) < 0 or self.max_layers < 0 or self.min_macs < 0:
             raise ValueError("sensitivity_samples, max_layers and min_macs must be >= 0")
         if not 0 <= self.margin < 1:

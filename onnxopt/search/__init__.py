@@ -9,7 +9,7 @@ writes the pipeline config it found; ``passes/auto.py`` only states the options 
 its model here (through ``context.search``, which the API sets).
 
 Modules: ``engine`` (the phases in order), ``layers``, ``timing``, ``quant``,
-``sensitivity``, ``select``, ``final``, ``report``; shared by them: ``run`` (inputs and
+``sensitivity``, ``select``, ``final``, ``recovery``, ``report``; shared by them: ``run`` (inputs and
 journal), ``measure``, ``budget``, ``clock``, ``cache``, ``records``, ``specs``.
 """
 

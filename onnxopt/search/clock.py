@@ -2,8 +2,9 @@
 
 Each phase stops adding measurements when the time left would not cover finishing: the
 final builds, verifications and timing, estimated from the costs measured so far
-(:class:`Costs`). Seconds are accounted to the innermost open phase (final timing and
-holdout verification run inside the final choice); builds, scores and timed models are
+(:class:`Costs`), and the share of the budget kept for recovering the final candidates.
+Seconds are accounted to the innermost open phase (final timing, recovery and holdout
+verification run inside the final choice); builds, scores and timed models are
 counted per phase with their seconds. Every reading of the time goes through this
 module's ``time`` (tests replace it with a fake clock).
 """
@@ -21,10 +22,10 @@ from onnxopt.search.budget import BudgetFacts
 
 logger = logging.getLogger(__name__)
 
-# the phases of the report's time table, in order ("final timing" and "holdout verification" run inside the
+# the phases of the report's time table, in order ("recovery", "final timing" and "holdout verification" run inside the
 # final choice; each second is counted in the innermost phase)
 PHASES = ("layer shapes", "original", "quantization baseline", "layer timing", "layer sensitivity", "search",
-          "final candidates", "final timing", "holdout verification")
+          "final candidates", "recovery", "final timing", "holdout verification")
 
 
 class OutOfTime(Exception):
@@ -48,6 +49,7 @@ class Clock:
         self.costs = costs
         self.facts = facts
         self.stopped: str | None = None  # why the search stopped early, once it did
+        self.recovery_s = 0.0  # kept in reserve for recovering the final candidates (until they are)
         self.phase_seconds: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self.phase_counts: dict[str, dict[str, float]] = {}
         self._open: list[list] = []  # open phases: [name, seconds spent in nested phases]
@@ -63,7 +65,7 @@ class Clock:
         return math.inf if self.deadline is None else self.deadline - self.now()
 
     def reserve(self) -> float:
-        """Seconds to keep for finishing: final builds, verifications and timing."""
+        """Seconds to keep for finishing: final builds, recovery, verifications and timing."""
         if self.deadline is None:
             return 0.0
         costs = self.costs
@@ -71,7 +73,7 @@ class Clock:
         final_latency = original * 4 * (costs.whole_runs + 4) + 2.0
         # before the first whole-split score, estimate one from the original's latency
         score = costs.full_score_s or 1.5 * original * (self.facts.search_samples or 100)
-        return costs.quant_build_s + 3 * score + final_latency
+        return costs.quant_build_s + 3 * score + final_latency + self.recovery_s
 
     def spare(self) -> float:
         """Seconds left beyond the reserve."""

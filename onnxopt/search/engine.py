@@ -1,7 +1,7 @@
 """The ``auto`` search, phase by phase: what each phase returns is what the next one reads.
 
 layer shapes → original → quantization baseline → layer timing → layer sensitivity →
-search → final candidates (final timing, holdout verification) → report. Every decision is
+search → final candidates (recovery, final timing, holdout verification) → report. Every decision is
 taken on the evaluator's *search* split; only the final answer is checked on the disjoint
 *holdout* split. When the time budget runs out (less the reserve for finishing), the
 remaining measuring phases are skipped and the search finishes with the best model
@@ -27,6 +27,7 @@ from onnxopt.search.final import FinalChoice, choose
 from onnxopt.search.layers import LayerSet, enumerate_layers
 from onnxopt.search.quant import quantize_baseline
 from onnxopt.search.records import Candidate, QuantBaseline
+from onnxopt.search.recovery import RECOVERY_SHARE, plan
 from onnxopt.search.report import save_config, write_report
 from onnxopt.search.run import Journal, Run
 from onnxopt.search.select import select
@@ -40,6 +41,7 @@ def run_search(model: ir.Model, options: AutoOptions, context: PassContext, repo
     figures = report.figures
     figures["target"] = run.target
     figures["budget"] = budget_text(run.evaluator)
+    figures["recovery"] = run.recovery_note
     splits = getattr(run.evaluator, "describe_splits", None)
     if callable(splits):
         described = splits()
@@ -90,9 +92,13 @@ def _start(model: ir.Model, options: AutoOptions, context: PassContext) -> Run:
     import onnx  # noqa: F401  (protobuf for the evaluator)
 
     evaluator = context.evaluator
+    recover, recovery_note = plan(options, context)  # recover=true that cannot run fails before any work
     facts = BudgetFacts()
     costs = Costs(whole_runs=options.latency_runs)
-    clock = Clock(options.time_budget if options.time_budget is not None else context.time_budget, costs, facts)
+    budget_s = options.time_budget if options.time_budget is not None else context.time_budget
+    clock = Clock(budget_s, costs, facts)
+    if recover and budget_s is not None:
+        clock.recovery_s = RECOVERY_SHARE * budget_s
     base = ir.to_proto(model)
     model_hash = digest(base.SerializeToString())
     folder = None
@@ -101,15 +107,18 @@ def _start(model: ir.Model, options: AutoOptions, context: PassContext) -> Run:
     target = getattr(evaluator, "target", "cpu") or "cpu"
     shared = {"calibration": context.calibration, "calibration_description": context.calibration_description,
               "jobs": context.jobs, "providers": context.providers}
-    return Run(
+    run = Run(
         options=options, context=context, evaluator=evaluator, model=model, base=base, model_hash=model_hash,
         target=target, rounding=options.round or (8 if target == "cuda" else 16), facts=facts, costs=costs,
         clock=clock, cache=MeasurementCache(folder, model_hash), journal=Journal(clock),
         fastest_runs=_supports(evaluator.latency, "statistic"), can_limit=_supports(evaluator.score, "limit"),
-        build_context=PassContext(**shared),
+        build_context=PassContext(**shared), recover=recover, recovery_note=recovery_note,
         quant_context=PassContext(**shared, progress=lambda message, done, total: context.progress(
             f"auto: {message}", done, total)),
     )
+    if not recover and options.recover == "auto":
+        run.journal.notes.append(f"recovery {recovery_note}")
+    return run
 
 
 def _result(run: Run, report: PassReport, layer_set: LayerSet, baseline: QuantBaseline, accepted: list[Candidate],

@@ -2,7 +2,8 @@
 
 Candidates: the original, the quantization baselines that met the budget, the selected
 decomposition, and the decomposition followed by the same quantization (halved, most
-sensitive layers out, when that pair breaks the budget). Those meeting the budget itself on
+sensitive layers out, when that pair breaks the budget); those that decompose are then
+recovered where the search recovers (:mod:`.recovery`). Those meeting the budget itself on
 the search split are timed together with the original, interleaved. From the fastest: a
 lossy candidate must beat the next-slower passing one by ``min_speedup`` (so noise never
 makes the result slower than the quantization alone) and then pass the holdout split. If
@@ -19,6 +20,7 @@ from onnxopt.search import measure
 from onnxopt.search.budget import search_target, within
 from onnxopt.search.clock import OutOfTime
 from onnxopt.search.records import Candidate, Final, QuantBaseline, round_figure
+from onnxopt.search.recovery import recover_finals
 from onnxopt.search.run import Run
 from onnxopt.search.specs import decomposition_specs, quantization_spec
 
@@ -41,6 +43,7 @@ def choose(run: Run, accepted: list[Candidate], baseline: QuantBaseline) -> Fina
         finals.append(decomposition)
         if baseline.domain and baseline.chosen is not None:
             finals.extend(_decompose_and_quantize(run, list(accepted), baseline))
+    recover_finals(run, finals)
     contenders = []
     for final in finals[1:]:
         # the margin steered the search; the final choice holds candidates to the budget itself
@@ -54,9 +57,16 @@ def choose(run: Run, accepted: list[Candidate], baseline: QuantBaseline) -> Fina
         measure.time_finals(run, contenders)
     for final in contenders:
         if final.latency_s:
+            speedup = round_figure(original_s / final.latency_s, 3)
             run.journal.pareto.append({"setting": final.label, "layers": len(final.selection),
                                        "metric": round_figure(final.search.value), "passed": True,
-                                       "speedup": round_figure(original_s / final.latency_s, 3), "measured": True})
+                                       "speedup": speedup, "measured": True})
+            recovery = final.recovery or {}
+            if recovery.get("recovered"):  # the same graph before recovery: the same latency
+                run.journal.pareto.append({
+                    "setting": recovery["label_before"], "layers": len(final.selection),
+                    "metric": recovery["metric_before"], "passed": recovery["passed_before"],
+                    "speedup": speedup, "measured": True})
             run.journal.step("final", f"{final.label}: whole-model latency", final.search,
                              latency_ms=final.latency_s * 1e3, speedup=original_s / final.latency_s)
     passing = [finals[0], *(f for f in contenders if f.latency_s)]
@@ -82,7 +92,7 @@ def _fastest_verified(run: Run, passing: list[Final]) -> Final | None:
             continue
         if final.proto is None:
             try:
-                final.proto = measure.build(run, final.specs, run.quant_context)[0]
+                final.proto = measure.build(run, final.specs, final.context or run.quant_context)[0]
             except OnnxoptError as exc:
                 final.reason = f"could not be built: {exc}"
                 continue

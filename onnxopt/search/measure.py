@@ -158,7 +158,7 @@ def time_finals(run: Run, finals: list[Final]) -> None:
     for final in finals:
         if final.proto is None:
             try:
-                final.proto = build(run, final.specs, run.quant_context)[0]
+                final.proto = build(run, final.specs, final.context or run.quant_context)[0]
             except OnnxoptError as exc:
                 final.reason = f"could not be built: {exc}"
                 continue

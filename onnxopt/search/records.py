@@ -125,6 +125,8 @@ class Final:
     holdout: CandidateScore | None = None
     latency_s: float | None = None
     reason: str | None = None
+    recovery: dict[str, Any] | None = None  # before and after the recover pass (see search.recovery)
+    context: Any = None  # the PassContext to build it with (None: the search's quant_context)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Each candidate layer is applied (with the option the result uses) or skipped with why, and
 lists every (method, level) tried with its measured layer speedup, gain and sensitivity.
 The figures say what the result is and its speedup (against the original and the
-quantization alone), the steps in order, the pareto rows (a row is flagged when no other
+quantization alone), each final candidate's metric before and after recovery, the steps in order, the pareto rows (a row is flagged when no other
 row of the same kind, measured or estimated, beats it on both speedup and metric), where
 the time went, and the cache's use. The saved pipeline config reproduces the result.
 """
@@ -50,7 +50,7 @@ def write_report(run: Run, report: PassReport, layer_set: LayerSet, baseline: Qu
          "holdout_metric": round_figure(f.holdout.value) if f.holdout else None,
          "passed_search": f.search.passed if f.search else f.label == "original",
          "passed_holdout": f.holdout.passed if f.holdout else None,
-         "reason": f.reason} for f in choice.finals]
+         "reason": f.reason, **({"recovery": f.recovery} if f.recovery else {})} for f in choice.finals]
     figures["result"] = chosen.label if chosen else "original (unchanged)"
     if chosen is not None and chosen.latency_s and original_s:
         figures["speedup"] = round(original_s / chosen.latency_s, 3)

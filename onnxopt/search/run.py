@@ -64,6 +64,8 @@ class Run:
     can_limit: bool  # the evaluator scores the first N samples (limit=N)
     build_context: PassContext  # sub-passes run quietly, with the calibration data
     quant_context: PassContext  # the same, showing the quantization's progress
+    recover: bool = False  # the final candidates that decompose are recovered (search.recovery)
+    recovery_note: str = ""  # whether recovery is on, and why not when it is not (the report's figure)
 
     def progress(self, message: str, done: int = 0, total: int = 0) -> None:
         self.context.progress(f"auto: {message}", done, total)

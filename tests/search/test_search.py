@@ -31,6 +31,7 @@ def run_auto(model, evaluator, *, context: dict | None = None, **options):
     options.setdefault("cache", False)
     options.setdefault("min_macs", 0)
     options.setdefault("margin", 0.0)  # budgets below are designed on the exact threshold
+    options.setdefault("recover", False)  # recovery of the finals: tests/search/test_recovery.py
     ctx = PassContext(evaluator=evaluator, calibration=calibration(model), search=run_search, **(context or {}))
     passes = build_passes([PassSpec("auto", options)], ctx)
     result, reports = run_passes(ir.from_proto(model), passes)

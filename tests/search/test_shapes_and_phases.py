@@ -71,6 +71,7 @@ def run_fake(model, evaluator, context: dict | None = None, **options):
     options.setdefault("cache", False)
     options.setdefault("min_macs", 0)
     options.setdefault("margin", 0.0)
+    options.setdefault("recover", False)  # recovery of the finals: tests/search/test_recovery.py
     batches = [{"x": np.random.default_rng(i).standard_normal(SHAPE).astype(np.float32)} for i in range(4)]
     ctx = PassContext(evaluator=evaluator, calibration=lambda: iter(batches), search=run_search, **(context or {}))
     result, reports = run_passes(ir.from_proto(model), build_passes([PassSpec("auto", options)], ctx))
