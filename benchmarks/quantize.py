@@ -207,12 +207,9 @@ def predict(model: bytes, name: str, x: np.ndarray, batch: int = 25, exact_integ
 
 
 def runnable(proto) -> bytes:
-    from onnxopt import io
+    from onnxopt.runtime.ir_version import runnable_bytes
 
-    copy = type(proto)()
-    copy.CopyFrom(proto)
-    io.clamp_ir_version(copy)
-    return copy.SerializeToString()
+    return runnable_bytes(proto)
 
 
 def loads(model: bytes) -> str | None:

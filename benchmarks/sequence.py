@@ -63,7 +63,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import onnxopt.passes.auto  # noqa: E402,F401  (registers "auto")
-
 from onnxopt import api  # noqa: E402
 from onnxopt.passbase import PassContext  # noqa: E402
 from onnxopt.runtime import first_line  # noqa: E402

@@ -151,11 +151,6 @@ def run(
     return result
 
 
-def resolve_specs(passes: PassesArg | None = None, config: str | os.PathLike | None = None) -> list[PassSpec]:
-    """The pipeline's specs from a spec string, a list of specs, or a config file (exactly one)."""
-    return Pipeline.parse(passes, config).specs
-
-
 def _as_proto(model: Any) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
@@ -343,12 +338,6 @@ def with_data_defaults(pipeline: Pipeline, has_data: bool) -> tuple[Pipeline, li
     notes = [f"refit on by default with --data: {', '.join(dict.fromkeys(refitted))} (refit=false turns it off)"] \
         if refitted else []
     return Pipeline(tuple(steps)), notes
-
-
-def data_defaults(passes: PassesArg, has_data: bool) -> tuple[list[PassSpec], list[str]]:
-    """:func:`with_data_defaults` for specs: the specs with the data defaults, and notes."""
-    pipeline, notes = with_data_defaults(Pipeline.parse(passes), has_data)
-    return pipeline.specs, notes
 
 
 def prepare_context(

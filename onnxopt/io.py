@@ -215,11 +215,6 @@ def check_output_targets(outputs: list[str | os.PathLike | None], inputs: list[s
             raise InputError(f"{path}: is a directory")
 
 
-def check_output_target(output: str | os.PathLike, inputs: list[str], in_place: bool) -> None:
-    """:func:`check_output_targets` for a single output."""
-    check_output_targets([output], inputs, in_place)
-
-
 def _file_mode(path: Path) -> int:
     """Keep an existing file's permissions; new files get the usual umask-based mode."""
     try:

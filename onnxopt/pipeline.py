@@ -135,25 +135,36 @@ def run_passes(
     A pass that learns from the original (``needs_teacher``) gets the model as it entered
     here in ``context.teacher``, unless its caller set one.
     """
+    handed = _hand_teacher(model, passes)
     reports = []
-    teacher = None
+    try:
+        for index, opt_pass in enumerate(passes):
+            if on_start is not None:
+                on_start(opt_pass, index, len(passes))
+            logger.info("running pass %s", opt_pass.name)
+            start = time.perf_counter()
+            try:
+                result = opt_pass(model)
+            except OnnxoptError:
+                raise
+            except Exception as exc:
+                raise PassFailed(opt_pass.name, _reason(exc)) from exc
+            opt_pass.report.seconds = time.perf_counter() - start
+            opt_pass.report.modified = bool(result.modified)
+            model = result.model
+            reports.append(opt_pass.report)
+    finally:
+        for context in handed:  # a context reused for another model must not keep this one's
+            context.teacher = None
+    return cleanup(model), reports
+
+
+def _hand_teacher(model: ir.Model, passes: list[OptimizerPass]) -> list:
+    """Set ``context.teacher`` of the passes that learn from the original; the contexts set."""
+    teacher, handed = None, []
     for opt_pass in passes:
         if opt_pass.needs_teacher and opt_pass.context.teacher is None:
             teacher = teacher or ir.to_proto(model)  # serialized now: later passes change the model in place
             opt_pass.context.teacher = teacher
-    for index, opt_pass in enumerate(passes):
-        if on_start is not None:
-            on_start(opt_pass, index, len(passes))
-        logger.info("running pass %s", opt_pass.name)
-        start = time.perf_counter()
-        try:
-            result = opt_pass(model)
-        except OnnxoptError:
-            raise
-        except Exception as exc:
-            raise PassFailed(opt_pass.name, _reason(exc)) from exc
-        opt_pass.report.seconds = time.perf_counter() - start
-        opt_pass.report.modified = bool(result.modified)
-        model = result.model
-        reports.append(opt_pass.report)
-    return cleanup(model), reports
+            handed.append(opt_pass.context)
+    return handed

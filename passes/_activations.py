@@ -13,19 +13,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from onnxopt.analysis.inputs import attention_mask
 from onnxopt.runtime import create_session
 
 Values = dict[str, np.ndarray]
-
-
-def real_tokens(feeds: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The attention mask of a batch of token inputs (an input named ``mask``, ``*_mask``:
-    2-D, integer, bool or float) as booleans, or None."""
-    for name, value in feeds.items():
-        base = name.rsplit(":", 1)[0].lower()
-        if (base == "mask" or base.endswith("_mask")) and value.ndim == 2 and value.dtype.kind in "biuf":
-            return value != 0
-    return None
 
 
 def token_rows(values: np.ndarray, tokens: np.ndarray | None) -> np.ndarray:
@@ -63,4 +54,4 @@ def stream_values(proto, names: list[str], elem_types: dict[str, int],
         for name in names:
             if name in graph_inputs:
                 values[name] = np.asarray(feeds[name])
-        yield values, real_tokens(feeds)
+        yield values, attention_mask(feeds)

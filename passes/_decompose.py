@@ -27,6 +27,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxopt import irutil
+from onnxopt.analysis.shapes import static_shapes
+from onnxopt.decomp import blas_threads, select_by
+from onnxopt.passbase import OptimizerPass, option
 from onnxopt.passes._layers import (  # noqa: F401  (conv_out_hw, Factor: names other modules import from here)
     DecomposedLayer,
     Decomposition,
@@ -38,11 +43,6 @@ from onnxopt.passes._layers import (  # noqa: F401  (conv_out_hw, Factor: names 
 from onnxopt.passes._refit import refit_last_factors
 from onnxopt.passes._surgery import emit_factors
 from onnxopt.passes._whiten import collect_input_moments
-
-from onnxopt import irutil
-from onnxopt.analysis.shapes import static_shapes
-from onnxopt.decomp import blas_threads, select_by
-from onnxopt.passbase import OptimizerPass, option
 from onnxopt.report import human_count
 
 DEFAULT_ENERGY = 0.95

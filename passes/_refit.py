@@ -20,12 +20,12 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from onnxopt.passes._activations import stream_values, token_rows
-from onnxopt.passes._layers import DecomposedLayer
-from onnxopt.passes._surgery import drop_if_unused, factor_stem
 
 from onnxopt import irutil
 from onnxopt.decomp import LastFactorRefit, blas_threads, im2col
+from onnxopt.passes._activations import stream_values, token_rows
+from onnxopt.passes._layers import DecomposedLayer
+from onnxopt.passes._surgery import drop_if_unused, factor_stem
 from onnxopt.runtime import first_line
 
 logger = logging.getLogger(__name__)

@@ -12,9 +12,9 @@ removed.
 from __future__ import annotations
 
 import onnx_ir as ir
-from onnxopt.passes._layers import MARK, SOURCE, Decomposition, Layer
 
 from onnxopt import irutil
+from onnxopt.passes._layers import MARK, SOURCE, Decomposition, Layer
 
 
 def factor_stem(layer: Layer, method: str, role: str) -> str:

@@ -17,11 +17,11 @@ import logging
 
 import numpy as np
 import onnx_ir as ir
+
+from onnxopt.decomp import SecondMoment, blas_threads
 from onnxopt.passes._activations import stream_values, token_rows
 from onnxopt.passes._layers import Layer
 from onnxopt.passes._refit import explicit_pads
-
-from onnxopt.decomp import SecondMoment, blas_threads
 from onnxopt.runtime import first_line
 
 logger = logging.getLogger(__name__)

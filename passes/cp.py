@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, RankOptions
 
 from onnxopt.decomp import (
     cp4,
@@ -30,6 +29,7 @@ from onnxopt.decomp import (
     tucker2_unfoldings,
 )
 from onnxopt.passbase import option
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, RankOptions
 from onnxopt.registry import register
 
 DEFAULT_MAX_ITER = 25

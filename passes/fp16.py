@@ -43,7 +43,7 @@ _FLOAT = ir.DataType.FLOAT
 _FLOAT16 = ir.DataType.FLOAT16
 _NODE_IN_ERROR = re.compile(r"[Nn]ode \(([^)]+)\)|node_name:\s*(\S+)|in node '([^']+)'|node\. Name:\s*'([^']+)'")
 _CRASHING_TRANSPOSE = (
-    "onnxruntime's CPU provider crashes (SIGSEGV, measured with 1.31) creating a session where a float16 "
+    "onnxruntime 1.31's CPU provider crashes (SIGSEGV) creating a session where a float16 "
     "Transpose moving the batch axis feeds a MatMul (MatmulTransposeFusion)")
 
 

@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, RankOptions
 
 from onnxopt.decomp import evbmf, separable_factors, separable_macs, separable_singular_values
 from onnxopt.passbase import option
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, RankOptions
 from onnxopt.registry import register
 
 

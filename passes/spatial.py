@@ -15,9 +15,8 @@ M's singular values (``energy``), on M (``vbmf``) or on the MAC formula (``speed
 """
 from __future__ import annotations
 
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer
-
 from onnxopt.decomp import spatial_factors, spatial_macs, spatial_matrix, spatial_singular_values
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer
 from onnxopt.registry import register
 
 

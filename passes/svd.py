@@ -20,9 +20,9 @@ the bias (MatMul: the weight only).
 from __future__ import annotations
 
 import numpy as np
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, WhitenOptions
 
 from onnxopt.decomp import lowrank_matrix, singular_values, svd_macs, whitened_svd
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, WhitenOptions
 from onnxopt.registry import register
 
 

@@ -18,8 +18,6 @@ channels, and maps the input factor back by S⁻¹ (distribution-aware Tucker,
 """
 from __future__ import annotations
 
-from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, WhitenOptions
-
 from onnxopt.decomp import (
     tucker2,
     tucker2_unfolding_singular_values,
@@ -28,6 +26,7 @@ from onnxopt.decomp import (
     whitened_tucker2,
     whitening,
 )
+from onnxopt.passes._decompose import DecomposePass, Decomposition, Factor, Layer, WhitenOptions
 from onnxopt.registry import register
 
 

@@ -39,7 +39,9 @@ DEFAULT_SAMPLE_RATE = 16000
 RANDOM_INT_HIGH = 10
 
 SEQUENCE_DIM = re.compile(r"seq|len|token", re.IGNORECASE)
-MASK_NAME = re.compile(r"(?:.*[_./-])?mask")
+#: An attention mask's input name (``mask``, ``attention_mask``, ``x/mask``, ``attention_masks``):
+#: random feeds fill it with ones, text data with the real tokens, metrics and refit read it.
+MASK_NAME = re.compile(r"(?:.*[_./-])?mask|attention_?masks?")
 _RATE_NAME = re.compile(r"sr|sample_?rate|sampling_rate")
 
 
@@ -499,3 +501,13 @@ def random_feeds(
     if count < 1:
         raise UsageError(f"number of samples must be at least 1, got {count}")
     return RandomInputs(inputs, shapes, seed).feeds(count)
+
+
+def attention_mask(feeds: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The real tokens of a batch of token inputs, [batch, seq] booleans, from its attention
+    mask (an input named as :data:`MASK_NAME` says: 2-D, integer, bool or float), or None."""
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        if MASK_NAME.fullmatch(base_name(name)) and value.ndim == 2 and value.dtype.kind in "biuf":
+            return value != 0
+    return None

@@ -42,8 +42,6 @@ STOP_CHECK_EVERY_S = 0.5  # seconds of timed rounds between two interim checks
 # between runs (see the module docstring).
 NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
-STOP_REASONS = ("runs", "target_ci", "max_time")
-
 ModelSource = bytes | str | os.PathLike
 
 

@@ -1,4 +1,6 @@
-"""Numerical validation on onnxruntime: inputs and data, preprocessing, metrics, comparison.
+"""Numerical validation on onnxruntime: data sources, preprocessing, metrics, comparison.
+
+What a graph says about its inputs (shapes, random feeds) is in :mod:`onnxopt.analysis.inputs`.
 
 Depends on onnxruntime (imported lazily, inside :mod:`onnxopt.runtime`) and is
 never imported by passes. Importing this package is cheap: no onnxruntime, no Pillow.
@@ -6,7 +8,6 @@ never imported by passes. Importing this package is cheap: no onnxruntime, no Pi
 
 from __future__ import annotations
 
-from onnxopt.analysis.inputs import InputInfo, model_inputs, parse_input_shapes, resolve_shapes
 from onnxopt.validate.compare import CompareResult, CompareRow, compare_models, compare_providers
 from onnxopt.validate.data import load_labels, open_data
 from onnxopt.validate.metrics import MetricsAccumulator, OutputAccumulator, compute_metrics
@@ -27,7 +28,6 @@ __all__ = [
     "CompareRow",
     "DataSource",
     "ImagePipeline",
-    "InputInfo",
     "MetricsAccumulator",
     "OutputAccumulator",
     "OutputMetrics",
@@ -39,10 +39,7 @@ __all__ = [
     "compute_metrics",
     "image_pipeline",
     "load_labels",
-    "model_inputs",
     "open_data",
-    "parse_input_shapes",
     "parse_preprocess",
     "random_source",
-    "resolve_shapes",
 ]

@@ -16,8 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnxopt.analysis.inputs import base_name
-from onnxopt.validate.text import ATTENTION_MASK_NAME, TOKEN_IDS_NAME
+from onnxopt.analysis.inputs import MASK_NAME, base_name
+from onnxopt.validate.text import TOKEN_IDS_NAME
 
 #: A float [N, dim] output of a sequence model is an embedding from this width on
 #: (sentence embeddings have 128–1024 dims; text classifiers a few labels).
@@ -44,7 +44,7 @@ def _feed_roles(feeds: Mapping[str, np.ndarray] | None, rows: int) -> tuple[bool
         if value.ndim != 2 or value.shape[0] != rows:
             continue
         base = base_name(name)
-        if ATTENTION_MASK_NAME.fullmatch(base) and value.dtype.kind in "iubf":
+        if MASK_NAME.fullmatch(base) and value.dtype.kind in "iubf":
             masks.append(value)
         elif TOKEN_IDS_NAME.fullmatch(base) and value.dtype.kind in "iu":
             token_ids = True

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxopt.analysis.inputs import InputInfo, base_name
+from onnxopt.analysis.inputs import MASK_NAME, InputInfo, base_name
 from onnxopt.errors import InputError, UsageError
 from onnxopt.runtime import one_line
 from onnxopt.validate.sources import DataSource
@@ -38,9 +38,8 @@ DEFAULT_MAX_LENGTH = 128
 #: Lines tokenized at once when only the truncation count is wanted.
 _COUNT_CHUNK = 1024
 
-#: Input names text data fills with token ids / the attention mask (output kinds read them too).
+#: Input names text data fills with token ids (output kinds read them too; the mask: analysis.inputs.MASK_NAME).
 TOKEN_IDS_NAME = re.compile(r"(?:input_?)?ids|(?:input_?)?tokens?|token_?ids|input_?word_?ids|word_?ids|src_?tokens|input|text")
-ATTENTION_MASK_NAME = re.compile(r"(?:.*[_./-])?mask|attention_?masks?")
 _TYPES = re.compile(r"(?:token_?)?type_?ids|segment_?ids|segments?|token_?types?|input_?type_?ids")
 _POSITIONS = re.compile(r"position_?ids|positions?|pos_?ids")
 #: Pad tokens looked up in the vocabulary when the tokenizer sets no padding of its own.
@@ -57,10 +56,6 @@ class TextSpec:
     def describe(self) -> str:
         text = f"tokenizer={self.tokenizer}"
         return text if self.max_length is None else f"{text} max_length={self.max_length}"
-
-
-def is_text_file(path: Path) -> bool:
-    return path.suffix.lower() in TEXT_SUFFIXES and not path.is_dir()
 
 
 def parse_text_preprocess(spec: str | None, data_name: str = "text data") -> TextSpec:
@@ -166,7 +161,7 @@ def assign_roles(inputs: Sequence[InputInfo]) -> _Roles:
     unmatched: list[InputInfo] = []
     for info in inputs:
         name = base_name(info.name)
-        for role, pattern in (("mask", ATTENTION_MASK_NAME), ("types", _TYPES), ("positions", _POSITIONS),
+        for role, pattern in (("mask", MASK_NAME), ("types", _TYPES), ("positions", _POSITIONS),
                                  ("ids", TOKEN_IDS_NAME)):
             allowed = "iubf" if role == "mask" else "iu"
             if pattern.fullmatch(name) and info.dtype.kind in allowed:

@@ -136,7 +136,7 @@ def test_output_not_writable_checked_even_as_root(tmp_path, monkeypatch):
     """The writability check itself (root bypasses permissions, so test the check directly)."""
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(InputError, match="not writable"):
-        io.check_output_target(tmp_path / "out.onnx", [], in_place=False)
+        io.check_output_targets([tmp_path / "out.onnx"], [], in_place=False)
 
 
 def test_stdin_closed(tmp_path):

@@ -374,10 +374,9 @@ def test_a_candidate_that_does_not_load_names_the_pass():
 
 def test_optimize_refuses_a_model_onnxruntime_cannot_load_as_a_pass_failure(monkeypatch):
     """fp16 made a model onnxruntime cannot load: exit 3 naming the pass (it was exit 2, a "usage error")."""
-    from onnxopt.passes import fp16 as fp16_module
-
     import onnxopt
     from onnxopt import api
+    from onnxopt.passes import fp16 as fp16_module
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["b"], ["boxes"]), helper.make_node("Relu", ["s"], ["scores"]),

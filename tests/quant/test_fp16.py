@@ -7,12 +7,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
-from onnxopt.passes import fp16 as fp16_module
-from onnxopt.passes.fp16 import ConvertFloat16Options, ConvertFloat16Pass
-from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 
 import onnxopt
 from onnxopt.passbase import PassContext
+from onnxopt.passes import fp16 as fp16_module
+from onnxopt.passes.fp16 import ConvertFloat16Options, ConvertFloat16Pass
+from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 from tests.helpers import SHARED_IMAGES, make_model, parse_model, run_ort, shared_model
 from tests.quant.models import conv_stack, cosine, image_batches, op_types
 

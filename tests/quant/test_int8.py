@@ -9,11 +9,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 
 import onnxopt
 from onnxopt.errors import InputError, UsageError
 from onnxopt.passbase import PassContext
+from onnxopt.passes.quantize_static import QuantizeStaticOptions, QuantizeStaticPass
 from onnxopt.registry import build_options, get
 from onnxopt.runtime import cpu as hostcpu
 from tests.helpers import SHARED_IMAGES, cli, make_model, run_ort, shared_model

@@ -7,9 +7,9 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes.quantize_dynamic import QuantizeDynamicOptions, QuantizeDynamicPass
 
 import onnxopt
+from onnxopt.passes.quantize_dynamic import QuantizeDynamicOptions, QuantizeDynamicPass
 from tests.helpers import make_model, run_ort, shared_model
 from tests.quant.models import conv_stack, cosine, op_types
 

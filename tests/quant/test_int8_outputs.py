@@ -9,11 +9,11 @@ import tempfile
 import numpy as np
 import onnx
 import pytest
-from onnxopt.passes import _library_check as lc
-from onnxopt.passes.quantize_static import QuantizeStaticPass
 
 from onnxopt.errors import InputError
 from onnxopt.passbase import PassContext
+from onnxopt.passes import _library_check as lc
+from onnxopt.passes.quantize_static import QuantizeStaticPass
 from tests.helpers import make_model, run_ort
 from tests.quant.models import conv_stack, cosine, feature_and_head, image_batches, position_table_model
 from tests.quant.test_int8 import context, run_int8

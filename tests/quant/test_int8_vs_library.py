@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnxopt.passes import _quant_common as qc
 
 import onnxopt
 from onnxopt.passbase import PassContext
+from onnxopt.passes import _quant_common as qc
 from tests.helpers import SHARED_IMAGES, SHARED_MODELS
 
 pytestmark = pytest.mark.shared

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnxopt.passes import _quant_common as qc
 
 import onnxopt
+from onnxopt.passes import _quant_common as qc
 
 
 def _sentence_encoder(vocab: int = 300, width: int = 16) -> onnx.ModelProto:

@@ -9,9 +9,9 @@ on the holdout split, the report explains itself, and the saved config reproduce
 from __future__ import annotations
 
 import onnx
-import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import pytest
 
+import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 from onnxopt import api
 from onnxopt.validate.tolerances import Tolerances
 from tests.helpers import SAMPLES, SHARED_IMAGES, SHARED_MODELS

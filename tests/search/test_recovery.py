@@ -14,10 +14,10 @@ import types
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import pytest
 from onnx import numpy_helper
 
+import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import onnxopt.recover
 import onnxopt.search.clock as clock_module
 from onnxopt.errors import UsageError

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import onnx
 import onnx_ir as ir
-import onnxopt.passes.auto as auto_module  # registers "auto" (the package __init__ may not yet)
 import pytest
 
+import onnxopt.passes.auto as auto_module  # registers "auto" (the package __init__ may not yet)
 import onnxopt.search.clock as clock_module
 from onnxopt import api
 from onnxopt.errors import UsageError

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import pytest
 
+import onnxopt.passes.auto  # noqa: F401  (registers "auto")
 import onnxopt.search.clock as clock_module
 import onnxopt.search.measure as measure_module
 from onnxopt import api
