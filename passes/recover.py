@@ -1,14 +1,14 @@
-"""``recover``: distil the layers earlier passes changed so that they match the original
-model again, on the calibration data (``--data``).
+"""``recover``: distil the layers earlier passes changed back towards the original model,
+on the calibration data (``--data``).
 
 Teacher: the model as it entered the pipeline (``PassContext.teacher``); student: the
 model as this pass gets it. Trainable (``scope=changed``): the float32 weights and biases
-of the nodes a decomposition pass created (``metadata_props["onnxopt.decomposed"]``);
-``scope=all``: every float weight. Objective: per-channel-normalised MSE between student
-and teacher at the changed layers' outputs (the passes keep their value names) and at the
-model outputs; Adam, early stopping and the learning rate chosen on a held-out part of the
-data (:mod:`onnxopt.recover`). The trained values are written into the same initializers:
-the graph, its names and the earlier passes' reports stay true.
+of the nodes a decomposition pass created (``onnxopt.decomposed``) and, after ``int8``, the
+integer weights and biases of the quantized layers (AdaQuant-style: fake quantization with
+the int8 pass's scales and zero points fixed; weights step in quanta, int32 biases in value
+units); ``scope=all``: every weight. Objective and
+training: :mod:`onnxopt.recover`. The trained values go into the same initializers (int8
+stays int8): the graph, its names and the earlier passes' reports stay true.
 
 Left unchanged, with the reason in the report: no changed layer (``scope=changed``), an
 op the engine cannot run, a non-finite loss, a held-out loss that did not improve. No
@@ -32,9 +32,11 @@ from onnxopt.registry import register
 class RecoverOptions:
     steps: int = option(200, "optimizer steps, one calibration batch each (early stopping may end sooner)")
     lr: float | Literal["auto"] = option(
-        "auto", "Adam learning rate, or auto: the best of 1e-5, 1e-4, 1e-3 on the held-out batches")
+        "auto", "Adam learning rate (for int8 weights: quanta per step), or auto: the best of 1e-5, 1e-4, 1e-3 "
+        "on the held-out batches")
     scope: Literal["changed", "all"] = option(
-        "changed", "changed: train the weights of the layers earlier passes changed; all: every float weight")
+        "changed", "changed: train the weights of the layers earlier passes decomposed or quantized; "
+        "all: every weight")
     holdout: float = option(0.2, "share of the calibration batches held out for early stopping and the check")
     patience: int = option(3, "held-out evaluations without improvement before stopping")
     seed: int = option(0, "random seed (a fixed seed gives identical weights)")
@@ -78,8 +80,8 @@ class RecoverPass(OptimizerPass, ir.passes.InPlacePass):
         student = ir.to_proto(model)
         layers = recover.changed_layers(student)
         if not layers and self.options.scope == "changed":
-            self.report.skip_pass("no layer was changed by an earlier pass (no node marked onnxopt.decomposed); "
-                                  "scope=all tunes every float weight")
+            self.report.skip_pass("no layer was changed by an earlier pass (no node marked onnxopt.decomposed, "
+                                  "no quantized layer); scope=all tunes every weight")
             return ir.passes.PassResult(model, False)
         result = recover.distill(
             teacher, student, [o for layer in layers for o in layer.outputs], self.context.calibration,

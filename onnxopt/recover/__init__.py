@@ -1,7 +1,7 @@
 """Accuracy recovery: train the layers a pipeline changed to match the original model.
 
-Engine: a small ONNX → torch interpreter (:mod:`.interpreter`, ops in :mod:`.ops` and
-:mod:`.spatial`) whose parameters are keyed by initializer name, so writing the trained
+Engine: a small ONNX → torch interpreter (:mod:`.interpreter`, ops in :mod:`.ops`,
+:mod:`.spatial`, :mod:`.quantization`) keyed by initializer name, so writing the trained
 values back is exact by construction — same initializers, names, dtypes and shapes; the
 graph is never re-exported. onnx2torch was the alternative and was rejected: it unties
 shared weights, renames modules and initializers (no reverse mapping; Gemm weights stored
@@ -10,10 +10,9 @@ the available torchvision fails: ``torchvision::nms does not exist``), needed fi
 Constant-node weights, ``auto_pad=SAME_*`` and ``''`` inputs, and has had no release
 since 2024-08. The teacher's tensors come from onnxruntime, so only the student runs here.
 
-torch is an optional extra (``pip install "onnxopt[recover]"``): importing this package
-does not import it; :func:`available` says whether it is installed, and the public names
-(:func:`distill`, :class:`DistillOptions`, :class:`DistillResult`, :class:`GraphModule`,
-:func:`unsupported_ops`, :func:`write_back`, :func:`changed_layers`) load it on first use.
+torch is an optional extra (``pip install "onnxopt[recover]"``), imported only when a
+public name (:func:`distill`, :func:`changed_layers`, …) is first used; :func:`available`
+says whether it is installed.
 """
 
 from __future__ import annotations

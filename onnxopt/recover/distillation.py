@@ -1,18 +1,17 @@
 """Knowledge distillation: train the changed layers of a student to match its teacher.
 
-The teacher is the model before the pipeline changed it; it runs in onnxruntime with the
-targeted values added as graph outputs. The student runs in :class:`GraphModule`, end to
-end, with the chosen initializers trainable. Objective: the mean over targets of the
-per-channel-normalised MSE, Σ_c mean((s_c − t_c)²) / (C · v_c), at the changed layers'
-outputs and at the model outputs, where v_c is the teacher's variance of channel c (axis
-1) on the training batches plus 1e-3 × its channel mean — so a weak channel (a detector's
-objectness map) counts as much as a strong one, and a constant one does not divide by 0. Adam; batches are split by index into
-training and held-out parts; the best weights by held-out loss (measured every
-``eval_every`` steps) are kept, stopping after ``patience`` evaluations without gain.
-``lr="auto"`` trains briefly from the same start with each candidate rate and keeps the
-one with the lowest held-out loss. Data is streamed: one batch and its teacher tensors at a
-time. Guards return the student unchanged (``model=None``) with the reason: an op the
-engine lacks, a non-finite loss, a held-out loss that did not improve.
+The teacher (the model before the pipeline) runs in onnxruntime with the targeted values
+as extra outputs; the student runs end to end in :class:`GraphModule`, the chosen
+initializers trainable (a QDQ student's quantized ones fake-quantized, and teacher value v
+compared with the student's ``DequantizeLinear(QuantizeLinear(v))`` where it has one).
+Objective: the mean over targets (changed layers' outputs, model outputs) of the
+per-channel-normalised MSE Σ_c mean((s_c − t_c)²) / (C · v_c), v_c the teacher's variance
+of channel c (axis 1) plus 1e-3 × the channel mean: a weak channel counts as much as a
+strong one. Adam; batches split by index into training and held-out parts; the best weights
+by held-out loss (every ``eval_every`` steps) kept, stopping after ``patience`` evaluations
+without gain. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
+weights, should the run not beat them) kept. Data streamed, one batch at a time. Guards
+return ``model=None`` with the reason: an op the engine lacks, a non-finite loss, no gain.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ class DistillOptions:
     probe_steps: int | None = None  # steps per candidate rate (default max(5, steps // 5))
     holdout: float = 0.2  # share of the batches held out for early stopping and the final check
     seed: int = 0
-    scope: str = "changed"  # "changed": weights of the changed layers; "all": every float weight
+    scope: str = "changed"  # "changed": weights of the changed layers; "all": every weight (float and quantized)
     time_budget: float | None = None  # seconds for the whole recovery
     eval_every: int | None = None  # steps between held-out evaluations (default max(1, steps // 10))
     patience: int = 3  # evaluations without improvement before stopping
@@ -100,6 +99,7 @@ class _Run:
         wanted = [*changed_outputs, *(o.name for o in student.graph.output
                                       if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)]
         self.targets = list(dict.fromkeys(n for n in wanted if n in teacher_values and n in student_values))
+        self.student_names = [scopes.student_value(student, n) for n in self.targets]  # same order
         missing = sorted(set(changed_outputs) - set(self.targets))
         if missing:
             result.notes.append(f"not matched (absent from the teacher or the student): {', '.join(missing)}")
@@ -108,13 +108,14 @@ class _Run:
         nodes = scopes.changed_nodes(student, changed_outputs)
         trainable = scopes.trainable_initializers(student, options.scope, nodes)
         if not trainable:
-            raise _Stop(f"no float32 initializer to train (scope={options.scope})")
+            raise _Stop(f"no float32 or quantized initializer to train (scope={options.scope})")
         result.trainable, result.targets = trainable, self.targets
         self.module = GraphModule(student, trainable)
         self.session = create_session(_with_outputs(teacher, self.targets), threads=max(1, options.threads))
         self.teacher_inputs = [i.name for i in self.session.get_inputs()]
         self.params = list(self.module.weights)
         self.original = [p.detach().clone() for p in self.params]
+        self.probes: dict[float, list[torch.Tensor] | None] = {}  # lr="auto": each rate's best weights
 
     # -- data
 
@@ -160,10 +161,10 @@ class _Run:
 
     def _loss(self, feeds: Feeds, teacher: dict[str, np.ndarray]) -> torch.Tensor:
         inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
-        outputs = self.module(inputs, self.targets)
+        outputs = self.module(inputs, self.student_names)
         total = torch.zeros((), dtype=torch.float32)
-        for name in self.targets:
-            error = (outputs[name] - torch.from_numpy(np.asarray(teacher[name]))) ** 2
+        for name, student_name in zip(self.targets, self.student_names):
+            error = (outputs[student_name] - torch.from_numpy(np.asarray(teacher[name]))) ** 2
             per_channel = _channels_last(error).mean(0)
             total = total + (per_channel / self.variances[name]).mean()
         return total / len(self.targets)
@@ -231,9 +232,9 @@ class _Run:
         probe = self.options.probe_steps or max(5, self.options.steps // 5)
         for lr in self.options.lr_candidates:
             try:
-                loss, _, _ = self._train(lr, probe, f"lr {lr:g}")
+                loss, self.probes[lr], _ = self._train(lr, probe, f"lr {lr:g}")
             except _NonFinite:
-                loss = math.inf
+                loss, self.probes[lr] = math.inf, None
             self.result.lr_trials[lr] = loss
         best = min(self.result.lr_trials, key=self.result.lr_trials.get)
         if not math.isfinite(self.result.lr_trials[best]):
@@ -243,7 +244,7 @@ class _Run:
     def run(self) -> None:
         result = self.result
         try:
-            missing = self.module.missing_ops(self.targets, self.teacher_inputs)
+            missing = self.module.missing_ops(self.student_names, self.teacher_inputs)
         except KeyError as exc:  # a value the student needs that neither the data nor the graph gives
             raise _Stop(f"the student cannot be run from the teacher's inputs: {exc.args[0]}; {KEPT}") from None
         if missing:
@@ -262,10 +263,16 @@ class _Run:
             raise _Stop(f"{exc}; {KEPT}") from None
         if result.steps == 0:
             raise _Stop(f"the time budget ran out before the first training step; {KEPT}")
+        probed = self.probes.get(result.lr)
+        if probed is not None and not (weights is not None and after <= result.lr_trials[result.lr]):
+            # the probe evaluates more often and may have caught a better point than the run
+            after, weights = result.lr_trials[result.lr], probed
+            if after < result.loss_before:
+                result.notes.append(f"kept the weights of the lr {result.lr:g} probe (held-out {after:.6g})")
         result.loss_after = after if weights is not None else None
         if weights is None or not after < result.loss_before:
             raise _Stop(f"held-out loss did not improve ({result.loss_before:.6g} -> {after:.6g}); {KEPT}")
-        result.model = write_back(self.student, dict(zip(self.module.parameter_names, weights)))
+        result.model = write_back(self.student, self.module.stored_values(weights))
 
 
 class _NonFinite(Exception):

@@ -3,10 +3,15 @@
 :class:`GraphModule` walks the main graph's nodes (ONNX keeps them in topological order)
 and calls :data:`onnxopt.recover.ops.OPS`. Initializers named in ``trainable`` become
 ``nn.Parameter``s (float32) keyed by their initializer name; the other initializers and
-``Constant`` nodes are constant tensors. :func:`write_back` copies trained values into
-the SAME initializers of a model copy, dtype and shape kept, so the graph, its names and
-its report stay as they were. ``forward`` evaluates only the nodes the requested values
-depend on and frees each intermediate after its last use.
+``Constant`` nodes are constant tensors. A trainable integer initializer q read by a
+``DequantizeLinear`` (scale s, zero point z) is a float parameter p: for 8- and 16-bit
+weights p = q, so a learning rate is in quanta per step whatever the channel's scale; for
+int32 biases (their quantum s is far below a float weight's step) p = s·(q − z), in value
+units as for float weights. The graph reads clamp(round(p)), resp. clamp(round(p / s) + z),
+rounding straight-through; :meth:`GraphModule.stored_values` gives those integers.
+:func:`write_back` copies values into the SAME initializers of a model copy, dtype and
+shape kept, so the graph, its names and its report stay as they were. ``forward``
+evaluates only the nodes the requested values depend on, freeing each after its last use.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from onnxopt.recover import spatial  # noqa: F401  (registers pooling, Pad and Resize into OPS)
 from onnxopt.recover.ops import OPS, OpContext, Unsupported
+from onnxopt.recover.quantization import RANGES, per_axis, round_ste
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -79,15 +85,20 @@ class GraphModule(torch.nn.Module):
         self.weights = torch.nn.ParameterList()
         self.parameter_names: list[str] = []  # weights[i] is initializer parameter_names[i]
         self.constants: dict[str, torch.Tensor] = {}
+        # quantized parameter name -> (unit, offset, lowest, highest, dtype): q = clamp(round(p / unit) + offset)
+        self.quantized: dict[str, tuple[torch.Tensor, torch.Tensor, int, int, torch.dtype]] = {}
+        integers = []
         for initializer in graph.initializer:
             array = numpy_helper.to_array(initializer)
-            if initializer.name in trainable:
-                if not np.issubdtype(array.dtype, np.floating):
-                    raise ValueError(f"initializer '{initializer.name}' is {array.dtype}: only floats train")
+            if initializer.name in trainable and np.issubdtype(array.dtype, np.floating):
                 self.weights.append(torch.nn.Parameter(torch.from_numpy(np.array(array, np.float32))))
                 self.parameter_names.append(initializer.name)
             else:
                 self.constants[initializer.name] = _tensor(array)
+                if initializer.name in trainable:
+                    integers.append(initializer.name)
+        for name in integers:
+            self._add_quantized(graph, name)
         missing = trainable - set(self.parameter_names)
         if missing:
             raise ValueError(f"not initializers of the model: {', '.join(sorted(missing))}")
@@ -100,9 +111,48 @@ class GraphModule(torch.nn.Module):
         self.graph_outputs = [v.name for v in graph.output]
         self._plans: dict[tuple, tuple[list[int], dict[int, list[str]]]] = {}
 
+    def _add_quantized(self, graph: onnx.GraphProto, name: str) -> None:
+        """Make the integer initializer ``name``, read by a DequantizeLinear, a parameter."""
+        q = self.constants[name]
+        reader = next((n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name), None)
+        scale = self.constants.get(reader.input[1]) if reader is not None else None
+        if q.dtype not in RANGES or scale is None:
+            raise ValueError(f"initializer '{name}' is {q.dtype}: only floats, and integers read by a "
+                             "DequantizeLinear with a constant scale, train")
+        axis = _attributes(reader).get("axis", 1)
+        zero_name = reader.input[2] if len(reader.input) > 2 else ""
+        zero = self.constants[zero_name].float() if zero_name else torch.zeros(())
+        scale, zero = per_axis(scale.float(), axis, q.dim()), per_axis(zero, axis, q.dim())
+        if q.dtype != torch.int32:  # train in quanta: p = q
+            scale, zero = torch.ones(()), torch.zeros(())
+        low, high = RANGES[q.dtype]
+        del self.constants[name]
+        self.weights.append(torch.nn.Parameter((q.float() - zero) * scale))
+        self.parameter_names.append(name)
+        self.quantized[name] = (scale, zero, low, high, q.dtype)
+
     def named_initializers(self) -> dict[str, torch.nn.Parameter]:
         """Initializer name -> its trainable parameter."""
         return dict(zip(self.parameter_names, self.weights))
+
+    def _graph_value(self, name: str, parameter: torch.Tensor) -> torch.Tensor:
+        """What the graph reads for a parameter: itself, or its fake-quantized integers."""
+        if name not in self.quantized:
+            return parameter
+        scale, zero, low, high, _ = self.quantized[name]
+        return torch.clamp(round_ste(parameter / scale) + zero, low, high)
+
+    def stored_values(self, weights: Iterable[torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+        """Initializer name -> the values to store (integers for quantized ones) of ``weights``
+        (default: the current parameters), in :attr:`parameter_names` order."""
+        weights = self.weights if weights is None else weights
+        values = {}
+        with torch.no_grad():
+            for name, weight in zip(self.parameter_names, weights):
+                value = self._graph_value(name, weight)
+                dtype = self.quantized[name][4] if name in self.quantized else torch.float32
+                values[name] = value.to(dtype).numpy().copy()
+        return values
 
     def missing_ops(self, outputs: list[str], fed: Iterable[str]) -> list[str]:
         """The op types the engine lacks among the nodes that ``outputs`` depend on, sorted."""
@@ -141,7 +191,8 @@ class GraphModule(torch.nn.Module):
         """The values named in ``outputs`` (graph outputs or intermediates; default: graph outputs)."""
         outputs = list(outputs or self.graph_outputs)
         order, free = self._plan(tuple(outputs), tuple(sorted(feeds)))
-        values: dict[str, torch.Tensor] = {**self.constants, **self.named_initializers()}
+        values: dict[str, torch.Tensor] = dict(self.constants)
+        values.update({name: self._graph_value(name, p) for name, p in self.named_initializers().items()})
         values.update({k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
                        for k, v in feeds.items()})
         for index in order:
@@ -161,8 +212,8 @@ class GraphModule(torch.nn.Module):
 def write_back(model: onnx.ModelProto, params: Mapping[str, torch.Tensor | np.ndarray]) -> onnx.ModelProto:
     """A copy of ``model`` whose initializers named in ``params`` hold the given values.
 
-    Each keeps its name, dtype and shape (a shape mismatch raises ``ValueError``); the
-    rest of the model is an exact copy.
+    Each keeps its name, dtype and shape (a shape mismatch raises ``ValueError``; float
+    values for an integer initializer are rounded and saturated); the rest is an exact copy.
     """
     result = copy.deepcopy(model)
     remaining = dict(params)
@@ -176,7 +227,11 @@ def write_back(model: onnx.ModelProto, params: Mapping[str, torch.Tensor | np.nd
         shape = tuple(initializer.dims)
         if tuple(value.shape) != shape:
             raise ValueError(f"initializer '{initializer.name}': shape {tuple(value.shape)} != {shape}")
-        initializer.CopyFrom(numpy_helper.from_array(np.asarray(value).astype(dtype), initializer.name))
+        value = np.asarray(value)
+        if np.issubdtype(dtype, np.integer) and not np.issubdtype(value.dtype, np.integer):
+            limits = np.iinfo(dtype)  # round half to even and saturate, never wrap around
+            value = np.clip(np.rint(value.astype(np.float64)), limits.min, limits.max)
+        initializer.CopyFrom(numpy_helper.from_array(value.astype(dtype), initializer.name))
     if remaining:
         raise ValueError(f"not initializers of the model: {', '.join(sorted(remaining))}")
     return result

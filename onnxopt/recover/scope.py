@@ -1,21 +1,25 @@
 """What recovery trains and matches: the layers the pipeline changed, and their weights.
 
-The decomposition passes mark every node they create with ``metadata_props``
-``onnxopt.decomposed`` (the method) and ``onnxopt.decomposed_from`` (the original node's
-name), and the last node of each chain keeps the original output value's name. So a
-changed layer is a group of marked nodes with one source; its outputs are the values
-the group produces for the rest of the graph, and the teacher (the model before the
-pipeline) has values of the same names. Trainable tensors are the float32 initializers
-read at weight positions (:data:`WEIGHT_INPUTS`) of the changed nodes (``scope="changed"``)
-or of every node (``scope="all"``, tensors of one element left out: such constants are
-usually part of the formula, e.g. GELU's 0.5). Pure onnx; no torch.
+Decomposition passes mark the nodes they create (``metadata_props`` ``onnxopt.decomposed``,
+``onnxopt.decomposed_from`` = the original node) and keep the original output names: a
+changed layer is the group of marked nodes of one source, its outputs the values it hands
+to the rest of the graph, which the teacher has under the same names. In a QDQ model
+(``int8``) a Conv, ConvTranspose, Gemm or MatMul whose weight is a ``DequantizeLinear`` of
+an integer initializer is a changed layer too (outputs: its own). Trainable: initializers
+at weight positions (:data:`WEIGHT_INPUTS`) of the changed nodes (``scope="changed"``) or of
+all nodes (``"all"``, one-element constants left out): float32 ones, and integer ones behind
+a DequantizeLinear (int32 biases ≥ 2²² in magnitude stay fixed: float32 steps past 1 there).
+:func:`student_value`: the student value to compare with teacher value v, the
+``DequantizeLinear(QuantizeLinear(v))`` the next layers read if any, else v. Pure onnx.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 MARK = "onnxopt.decomposed"
 SOURCE = "onnxopt.decomposed_from"
@@ -26,6 +30,9 @@ WEIGHT_INPUTS: dict[str, tuple[int, ...]] = {
     "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0, 1), "PRelu": (1,),
     "BatchNormalization": (1, 2), "LayerNormalization": (1, 2),
 }
+QUANTIZED_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_INTEGERS = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16, onnx.TensorProto.INT32}
+_EXACT_IN_FLOAT32 = 2 ** 22
 
 
 @dataclass
@@ -33,6 +40,7 @@ class ChangedLayer:
     source: str  # the original node's name
     nodes: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # values the group hands to the rest of the graph
+    kind: str = "decomposed"  # or "quantized": a layer with a DequantizeLinear weight
 
 
 def _metadata(node: onnx.NodeProto) -> dict[str, str]:
@@ -63,31 +71,66 @@ def changed_layers(model: onnx.ModelProto) -> list[ChangedLayer]:
     for node in model.graph.node:
         if node.name in members:
             groups[members[node.name]].outputs.extend(o for o in node.output if o in handed_over)
+    quantized = quantized_initializers(model)
+    for index, node in enumerate(model.graph.node):
+        if node.op_type in QUANTIZED_LAYERS and node.name not in members and any(
+                name in quantized for name in _weight_inputs(node)):
+            name = node.name or f"node_{index}"
+            groups.setdefault(name, ChangedLayer(name, [name], [o for o in node.output if o], "quantized"))
     return list(groups.values())
 
 
+def quantized_initializers(model: onnx.ModelProto) -> dict[str, str]:
+    """DequantizeLinear output -> the integer initializer it reads (a quantized weight or bias)."""
+    integers = {t.name for t in model.graph.initializer if t.data_type in _INTEGERS}
+    return {n.output[0]: n.input[0] for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.domain in ("", "ai.onnx") and n.input[0] in integers}
+
+
+def student_value(model: onnx.ModelProto, name: str) -> str:
+    """The output of ``DequantizeLinear(QuantizeLinear(name))`` in ``model`` if any, else ``name``."""
+    quantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and quantized.get(node.input[0]) == name:
+            return node.output[0]
+    return name
+
+
+def _weight_inputs(node: onnx.NodeProto) -> list[str]:
+    return [node.input[i] for i in WEIGHT_INPUTS.get(node.op_type, ()) if i < len(node.input)]
+
+
 def changed_nodes(model: onnx.ModelProto, outputs: list[str] = ()) -> set[str]:
-    """Names of the marked nodes plus the nodes producing ``outputs``."""
+    """Names of the marked nodes, the quantized layers, and the nodes producing ``outputs``."""
     wanted = set(outputs)
-    return {n.name for n in model.graph.node if MARK in _metadata(n) or wanted.intersection(n.output)}
+    quantized = quantized_initializers(model)
+    return {n.name for n in model.graph.node if MARK in _metadata(n) or wanted.intersection(n.output)
+            or (n.op_type in QUANTIZED_LAYERS and any(i in quantized for i in _weight_inputs(n)))}
 
 
 def trainable_initializers(model: onnx.ModelProto, scope: str, nodes: set[str]) -> list[str]:
-    """Float32 initializers at weight positions of ``nodes`` (scope "changed") or of all nodes ("all")."""
+    """Initializers at weight positions of ``nodes`` (scope "changed") or of all nodes ("all"):
+    float32 ones, and integer ones read through a DequantizeLinear there."""
     if scope not in ("changed", "all"):
         raise ValueError(f"scope must be 'changed' or 'all', got {scope!r}")
-    floats = {t.name: t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    tensors = {t.name: t for t in model.graph.initializer}
+    floats = {name for name, t in tensors.items() if t.data_type == onnx.TensorProto.FLOAT}
+    behind = {value: name for value, name in quantized_initializers(model).items() if _trainable_integer(tensors[name])}
     chosen: list[str] = []
     for node in model.graph.node:
         if scope == "changed" and node.name not in nodes:
             continue
-        for position in WEIGHT_INPUTS.get(node.op_type, ()):
-            if position >= len(node.input) or node.input[position] not in floats:
+        for value in _weight_inputs(node):
+            name = value if value in floats else behind.get(value)
+            if name is None:
                 continue
-            name = node.input[position]
-            size = 1
-            for dim in floats[name].dims:
-                size *= dim
+            size = int(np.prod(tensors[name].dims))
             if name not in chosen and (scope == "changed" or size > 1):
                 chosen.append(name)
     return chosen
+
+
+def _trainable_integer(tensor: onnx.TensorProto) -> bool:
+    if tensor.data_type != onnx.TensorProto.INT32:
+        return True
+    return bool(np.all(np.abs(numpy_helper.to_array(tensor).astype(np.int64)) < _EXACT_IN_FLOAT32))

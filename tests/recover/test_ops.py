@@ -160,6 +160,45 @@ CASES = {
                         {"constant": ("s",)}),
 }
 
+def u8(*values):
+    return np.array(values, dtype=np.uint8)
+
+
+def s8(*values):
+    return np.array(values, dtype=np.int8)
+
+
+SCALE = ("s", np.array(0.05, np.float32))
+HALVES = ("x", np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 300.0, -300.0], np.float32))  # ties, saturation
+QDQ = {
+    "quantize_uint8": ("QuantizeLinear", [("x", f32(2, 4, 3) * 4), SCALE, ("z", u8(128))], {}, {"constant": ("s",)}),
+    "quantize_int8": ("QuantizeLinear", [("x", f32(2, 4, 3) * 9), SCALE, ("z", s8(-3))], {}, {"constant": ("s",)}),
+    "quantize_default_uint8": ("QuantizeLinear", [("x", f32(2, 4, 3)), SCALE], {}, {"constant": ("s",)}),
+    "quantize_half_to_even_uint8": ("QuantizeLinear", [HALVES, ("s", np.array(1.0, np.float32)), ("z", u8(10))], {},
+                                    {"constant": ("s",)}),
+    "quantize_half_to_even_int8": ("QuantizeLinear", [HALVES, ("s", np.array(1.0, np.float32)), ("z", s8(0))], {},
+                                   {"constant": ("s",)}),
+    "quantize_per_axis": ("QuantizeLinear", [("x", f32(2, 4, 3) * 3), ("s", np.array([0.01, 0.02, 0.05, 0.1],
+                                                                                      np.float32)),
+                                             ("z", s8(0, 1, -2, 3))], {"axis": 1}, {"constant": ("s",)}),
+    "quantize_per_axis_negative": ("QuantizeLinear", [("x", f32(2, 3, 4)), ("s", np.array([0.01, 0.02, 0.03, 0.04],
+                                                                                          np.float32)),
+                                                      ("z", u8(100, 120, 128, 140))], {"axis": -1},
+                                   {"constant": ("s",)}),
+    "dequantize_uint8": ("DequantizeLinear", [("q", RNG.integers(0, 256, (2, 4, 3)).astype(np.uint8)), SCALE,
+                                              ("z", u8(128))], {}, {"constant": ("s",)}),
+    "dequantize_int8_per_axis": ("DequantizeLinear", [("q", RNG.integers(-128, 128, (4, 2, 3, 3)).astype(np.int8)),
+                                                      ("s", np.array([0.1, 0.2, 0.3, 0.4], np.float32)),
+                                                      ("z", s8(0, 0, 0, 0))], {"axis": 0}, {"constant": ("s",)}),
+    "dequantize_int32_bias": ("DequantizeLinear", [("q", RNG.integers(-2**20, 2**20, (5,)).astype(np.int32)),
+                                                   ("s", np.array([1e-4, 2e-4, 3e-4, 4e-4, 5e-4], np.float32))],
+                              {"axis": 0}, {"constant": ("s",)}),
+    "dequantize_one_element_scale": ("DequantizeLinear", [("q", RNG.integers(-128, 128, (6,)).astype(np.int8)),
+                                                          ("s", np.array([0.5], np.float32))], {},
+                                     {"constant": ("s",)}),
+}
+CASES.update(QDQ)
+
 RESIZE = {
     "nearest_scales": ([1, 1, 2, 1.5], None, {}),
     "nearest_down": ([1, 1, 0.6, 0.5], None, {}),
@@ -212,3 +251,12 @@ def test_attribute_values_the_engine_lacks_raise_unsupported():
     with pytest.raises(Unsupported, match="Resize: mode=cubic"):
         GraphModule(model)({k: torch.from_numpy(v) for k, v in feeds.items()})
 
+
+
+def test_fake_quantization_passes_gradients_straight_through_inside_the_range():
+    model, _ = one_node("QuantizeLinear", [("x", np.zeros(4, np.float32)), ("s", np.array(0.1, np.float32)),
+                                           ("z", s8(0))], constant=("s",))
+    module = GraphModule(model)
+    x = torch.tensor([0.123, -0.26, 50.0, -50.0], requires_grad=True)
+    module({"x": x})["y0"].sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [10.0, 10.0, 0.0, 0.0])  # d(x/s)/dx inside, saturated outside

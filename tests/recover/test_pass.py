@@ -103,3 +103,14 @@ def test_the_pipeline_hands_recover_the_model_as_it_entered():
     figures = report.passes[1].figures
     assert report.passes[1].modified, report.passes[1].skipped_reason
     assert figures["loss_after"] < figures["loss_before"]  # a teacher equal to the student would give 0 → 0
+
+
+def test_the_pipeline_does_not_leave_its_teacher_in_a_reused_context():
+    import onnxopt
+    from onnxopt.pipeline import Pipeline, run_passes
+
+    context = PassContext(calibration=batches())
+    opt_passes = Pipeline.parse("tucker:rank=6:round=1:min_in_channels=8,recover:steps=2:lr=0.01").instantiate(context)
+    run_passes(ir.from_proto(teacher_model()), opt_passes)
+    assert opt_passes[1].report.modified and context.teacher is None
+    assert onnxopt.passes.recover.RecoverPass.needs_teacher

@@ -1,0 +1,92 @@
+"""Recovery of a QDQ model (the int8 pass): its quantized weights train as fake-quantized
+parameters and are stored back as the same integers; recovering before int8 carries over."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
+
+import onnxopt
+from onnxopt.passbase import PassContext
+from onnxopt.recover import changed_layers, distill
+from onnxopt.recover.distillation import DistillOptions
+from onnxopt.recover.interpreter import GraphModule, write_back
+from onnxopt.recover.scope import changed_nodes, student_value, trainable_initializers
+from onnxopt.runtime import create_session
+from tests.helpers import relative_error, run_ort
+from tests.recover.models import correlated_batches, decomposed, initializers, quantized, teacher_model
+
+QUANTIZED = ["W0_quantized", "B0_quantized", "W1_quantized", "B1_quantized", "W2_quantized", "B2_quantized"]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    teacher = teacher_model()
+    return teacher, quantized(teacher, correlated_batches())
+
+
+def test_quantized_layers_are_the_changed_layers(pair):
+    _, student = pair
+    layers = changed_layers(student)
+    assert [(layer.source, layer.kind) for layer in layers] == [(f"conv{i}", "quantized") for i in range(3)]
+    assert layers[0].outputs == ["r0"]  # the quantizer removed the Relu and kept its output name
+    assert trainable_initializers(student, "changed", changed_nodes(student)) == QUANTIZED
+    assert student_value(student, "r0") == "r0_DequantizeLinear_Output"  # what the next layer reads
+    assert student_value(student, "r2") == "r2"
+
+
+def test_a_quantized_weight_trains_as_a_float_and_is_stored_as_its_integers(pair):
+    _, student = pair
+    module = GraphModule(student, QUANTIZED)
+    x = next(correlated_batches(1)())["x"]
+    output = module({"x": torch.from_numpy(x)})["r2"]
+    np.testing.assert_allclose(output.detach().numpy(), run_ort(student, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    stored = module.stored_values()
+    assert all(stored[k].dtype == v.dtype and np.array_equal(stored[k], v)
+               for k, v in initializers(student).items() if k in stored)
+    assert write_back(student, stored).SerializeToString() == student.SerializeToString()
+    output.sum().backward()
+    assert module.named_initializers()["W1_quantized"].grad.abs().sum() > 0  # straight through the rounding
+
+
+def test_write_back_rounds_and_saturates_floats_into_an_integer_initializer(pair):
+    _, student = pair
+    weight = initializers(student)["W0_quantized"]
+    values = np.full(weight.shape, 2.5, np.float32)
+    values.flat[:2] = [300.0, -300.0]
+    stored = initializers(write_back(student, {"W0_quantized": values}))["W0_quantized"]
+    assert stored.dtype == np.int8 and stored.flat[0] == 127 and stored.flat[1] == -128 and stored.flat[2] == 2
+
+
+def test_int8_then_recover_lowers_the_held_out_loss_by_small_integer_steps():
+    teacher, int8 = teacher_model(), "int8:library_check=false:bias_correction=false"
+    student, _ = onnxopt.optimize(teacher, int8, context=PassContext(calibration=correlated_batches()))
+    model, report = onnxopt.optimize(teacher, f"{int8},recover:steps=150:lr=1e-2:patience=10",
+                                     context=PassContext(calibration=correlated_batches()))
+    recover = report.passes[1]
+    assert recover.modified, recover.skipped_reason
+    assert recover.figures["loss_after"] < recover.figures["loss_before"]
+    assert [a["node"] for a in recover.applied] == ["conv0", "conv1", "conv2"]
+    create_session(model)  # still loads
+    before, after = initializers(student), initializers(model)
+    assert list(before) == list(after) and [n.name for n in model.graph.node] == [n.name for n in student.graph.node]
+    assert all(before[k].dtype == after[k].dtype and before[k].shape == after[k].shape for k in before)
+    steps = {k: np.abs(after[k].astype(np.int64) - before[k]).max() for k in QUANTIZED if k.startswith("W")}
+    assert 0 < max(steps.values()) <= 2, steps  # a few weights moved by one quantum or two
+
+
+def test_recovering_before_int8_gives_a_better_int8_model():
+    """tucker,recover,int8: int8 calibrates the recovered model, so the gain survives."""
+    teacher = teacher_model()
+    student = decomposed(teacher)
+    outputs = [o for layer in changed_layers(student) for o in layer.outputs]
+    recovered = distill(teacher, student, outputs, correlated_batches(), DistillOptions(steps=30, lr=1e-2))
+    assert recovered.model is not None, recovered.reason
+    fresh = list(correlated_batches(count=3, seed=42)())
+
+    def error(model):
+        return np.mean([relative_error(run_ort(teacher, f)[0], run_ort(model, f)[0]) for f in fresh])
+
+    plain, better = quantized(student, correlated_batches()), quantized(recovered.model, correlated_batches())
+    assert error(better) < 0.8 * error(plain), (error(better), error(plain))
