@@ -261,9 +261,11 @@ class _Run:
             after, weights, result.steps = self._train(result.lr, self.options.steps, "train")
         except _NonFinite as exc:
             raise _Stop(f"{exc}; {KEPT}") from None
-        if result.steps == 0:
-            raise _Stop(f"the time budget ran out before the first training step; {KEPT}")
         probed = self.probes.get(result.lr)
+        if result.steps == 0:
+            if probed is None:
+                raise _Stop(f"the time budget ran out before the first training step; {KEPT}")
+            result.notes.append("the time budget ran out during the learning-rate probes")
         if probed is not None and not (weights is not None and after <= result.lr_trials[result.lr]):
             # the probe evaluates more often and may have caught a better point than the run
             after, weights = result.lr_trials[result.lr], probed

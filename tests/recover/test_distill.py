@@ -3,6 +3,8 @@ its guards keep the student's weights (non-finite loss, no gain, an op it cannot
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
@@ -120,3 +122,21 @@ def test_data_without_the_model_input_is_a_reason_not_a_traceback(pair):
 
     result = distill(teacher, student, outputs, wrong, DistillOptions(steps=3, lr=1e-2))
     assert result.model is None and "no value for input(s) x" in result.reason
+
+
+def test_a_budget_spent_in_the_rate_probes_keeps_the_best_probe(pair, monkeypatch):
+    """lr=auto whose main run gets no step (the budget went to the probes) keeps the best probe's
+    weights when they beat the original, instead of discarding them."""
+    from onnxopt.recover import distillation
+
+    real = distillation._Run._train
+
+    def probes_only(self, lr, steps, label):
+        return (math.inf, None, 0) if label == "train" else real(self, lr, steps, label)
+
+    monkeypatch.setattr(distillation._Run, "_train", probes_only)
+    teacher, student, outputs = pair
+    result = distill(teacher, student, outputs, batches(count=6),
+                     DistillOptions(steps=20, lr="auto", lr_candidates=(1e-2,)))
+    assert result.model is not None and result.loss_after < result.loss_before
+    assert any("during the learning-rate probes" in note for note in result.notes)
