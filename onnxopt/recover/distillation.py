@@ -160,7 +160,8 @@ class _Run:
     # -- objective
 
     def _loss(self, feeds: Feeds, teacher: dict[str, np.ndarray]) -> torch.Tensor:
-        inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
+        # copies: feeds may be read-only views (memory-mapped .npy data), which torch must not wrap
+        inputs = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
         outputs = self.module(inputs, self.student_names)
         total = torch.zeros((), dtype=torch.float32)
         for name, student_name in zip(self.targets, self.student_names):
