@@ -78,8 +78,9 @@ def distill(teacher: onnx.ModelProto, student: onnx.ModelProto, changed_outputs:
     torch.set_num_threads(max(1, options.threads))
     result = DistillResult(None)
     try:
-        torch.manual_seed(options.seed)
-        _Run(teacher, student, changed_outputs, batches, options, progress, start, result).run()
+        with torch.random.fork_rng(devices=[]):  # the seed, without changing the caller's random state
+            torch.manual_seed(options.seed)
+            _Run(teacher, student, changed_outputs, batches, options, progress, start, result).run()
     except _Stop as stop:
         result.model, result.reason = None, str(stop)
     finally:

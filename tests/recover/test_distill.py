@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
+import torch  # the recover extra is part of the test environment: fail, never skip, without it
 
 from onnxopt.recover import changed_layers, distill  # noqa: E402
 from onnxopt.recover.distillation import DistillOptions  # noqa: E402
@@ -140,3 +140,12 @@ def test_a_budget_spent_in_the_rate_probes_keeps_the_best_probe(pair, monkeypatc
                      DistillOptions(steps=20, lr="auto", lr_candidates=(1e-2,)))
     assert result.model is not None and result.loss_after < result.loss_before
     assert any("during the learning-rate probes" in note for note in result.notes)
+
+
+def test_distillation_leaves_the_callers_random_state_alone(pair):
+    teacher, student, outputs = pair
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    distill(teacher, student, outputs, batches(count=4), DistillOptions(steps=2, lr=1e-3, seed=7))
+    assert torch.equal(torch.rand(3), expected)
