@@ -115,3 +115,30 @@ def node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
 
 def attrs(n: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in n.attribute}
+
+
+def token_model(seed: int = 0, width: int = 16, vocab: int = 50, *, directions: int | None = None,
+                mask_output: bool = False) -> onnx.ModelProto:
+    """ids [N, L] -> embedding -> MatMul "fc" (the layer svd targets) -> y [N, L, 40], with an
+    ``attention_mask`` input; ``mask_output``: padded positions zeroed after the MatMul;
+    ``directions``: embeddings spanning only that many directions (correlated inputs)."""
+    rng = np.random.default_rng(seed)
+    if directions:
+        table = rng.standard_normal((vocab, directions)) @ rng.standard_normal((directions, width))
+    else:
+        table = rng.standard_normal((vocab, width))
+    inits = [numpy_helper.from_array(table.astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal((width, 40)).astype(np.float32), "W")]
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
+             helper.make_node("MatMul", ["e", "W"], ["h" if mask_output else "y"], name="fc")]
+    if mask_output:
+        inits.append(numpy_helper.from_array(np.array([-1], np.int64), "last"))
+        nodes += [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+                  helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+                  helper.make_node("Mul", ["h", "m3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "tokens",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "L"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "L"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 40])], inits)
+    return make_model(graph)

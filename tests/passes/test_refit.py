@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.passbase import PassContext
 from tests.helpers import make_model, relative_error, run_ort
-from tests.passes.models import run_pass
+from tests.passes.models import run_pass, token_model
 
 
 def structured_model(kernel=(3, 3), conv_attrs=None, seed=0):
@@ -138,25 +138,6 @@ def test_refit_with_unusable_data_warns():
     assert any("no batch" in w for w in opt.report.warnings)
 
 
-def token_model(seed=0, width=16, vocab=50):
-    """ids [N, L] -> embedding -> MatMul (the layer svd targets) -> masked by attention_mask."""
-    rng = np.random.default_rng(seed)
-    inits = [numpy_helper.from_array(rng.standard_normal((vocab, width)).astype(np.float32), "table"),
-             numpy_helper.from_array(rng.standard_normal((width, 40)).astype(np.float32), "W"),
-             numpy_helper.from_array(np.array([-1], np.int64), "last")]
-    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
-             helper.make_node("MatMul", ["e", "W"], ["h"], name="fc"),
-             helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
-             helper.make_node("Mul", ["h", "m3"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "tokens",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "L"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "L"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 40])], inits)
-    return make_model(graph)
-
-
 def test_refit_of_token_activations_leaves_padding_out():
     """Short sentences padded to a long sequence: the padded rows are most of the data and
     must not be fitted (paraphrase-MiniLM: 89 % of 12,800 calibration rows were padding)."""
@@ -166,5 +147,5 @@ def test_refit_of_token_activations_leaves_padding_out():
     ids = np.where(mask != 0, rng.integers(1, 50, (2, seq)), 0).astype(np.int64)
     data = [{"input_ids": ids, "attention_mask": mask}]
     ctx = PassContext(calibration=lambda: iter(data))
-    _, opt = run_pass("svd", token_model(), rank=4, round=1, include="fc", refit=True, context=ctx)
+    _, opt = run_pass("svd", token_model(mask_output=True), rank=4, round=1, include="fc", refit=True, context=ctx)
     assert opt.report.figures["refit"]["samples"] == sum(lengths)  # 8 real tokens, not 16 rows

@@ -8,12 +8,11 @@ import json
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.passbase import PassContext
 from onnxopt.registry import build_options, get
-from tests.helpers import cli, make_model, relative_error, run_ort
-from tests.passes.models import conv_model, gemm_model, matmul_model, run_pass
+from tests.helpers import cli, relative_error, run_ort
+from tests.passes.models import conv_model, gemm_model, matmul_model, run_pass, token_model
 
 RANK = {"rank": 4, "round": 1, "min_in_channels": 1}
 
@@ -111,33 +110,17 @@ def test_whitened_pointwise_conv_with_stride():
     assert output_error(model, white, evaluation) < 0.8 * output_error(model, plain, evaluation)
 
 
-def token_model(seed=0, width=32, vocab=60):
-    """ids [N, L] -> embedding -> MatMul "fc"; padded positions masked afterwards."""
-    rng = np.random.default_rng(seed)
-    table = rng.standard_normal((vocab, 4)) @ rng.standard_normal((4, width))  # embeddings on 4 directions
-    inits = [numpy_helper.from_array(table.astype(np.float32), "table"),
-             numpy_helper.from_array(rng.standard_normal((width, 40)).astype(np.float32), "W")]
-    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["e"]),
-             helper.make_node("MatMul", ["e", "W"], ["y"], name="fc")]
-    graph = helper.make_graph(
-        nodes, "tokens",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", "L"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "L"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "L", 40])], inits)
-    return make_model(graph)
-
-
 def test_token_statistics_leave_padding_out():
     rng = np.random.default_rng(4)
     lengths, seq = [3, 5], 8
     mask = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
     ids = np.where(mask != 0, rng.integers(1, 60, (2, seq)), 0).astype(np.int64)
-    out, opt = run_pass("svd", token_model(), context([{"input_ids": ids, "attention_mask": mask}]), **RANK)
+    out, opt = run_pass("svd", token_model(width=32, vocab=60, directions=4), context([{"input_ids": ids, "attention_mask": mask}]), **RANK)
     assert opt.report.figures["whiten"]["rows_min"] == sum(lengths)
     feeds = {"input_ids": ids, "attention_mask": mask}
     # the embeddings span 4 directions: whitened rank 4 is nearly exact on them, the plain SVD is not
-    plain, _ = run_pass("svd", token_model(), whiten="false", **RANK)
-    reference = run_ort(token_model(), feeds)[0]
+    plain, _ = run_pass("svd", token_model(width=32, vocab=60, directions=4), whiten="false", **RANK)
+    reference = run_ort(token_model(width=32, vocab=60, directions=4), feeds)[0]
     assert relative_error(reference, run_ort(out, feeds)[0]) < 0.01 < relative_error(reference, run_ort(plain, feeds)[0])
 
 
