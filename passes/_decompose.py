@@ -133,7 +133,8 @@ class WhitenOptions(RankOptions):
     whiten: bool | Literal["auto"] = option(
         "auto", "factor each layer against the second moment of its real input on the calibration data "
                 "(SVD-LLM / ASVD whitening: at the ranks the weights select, the factors minimise the output "
-                "error rather than the weight error); auto: on when calibration data is given (--data)")
+                "error rather than the weight error); auto: on when the pass gets calibration data (with --data, "
+                "unless refit=false)")
 
 
 class SkipLayer(Exception):
