@@ -4,11 +4,12 @@ on the calibration data (``--data``).
 Teacher: the model as it entered the pipeline (``PassContext.teacher``); student: the
 model as this pass gets it. Trainable (``scope=changed``): the float32 weights and biases
 of the nodes a decomposition pass created (``onnxopt.decomposed``) and, after ``int8``, the
-integer weights and biases of the quantized layers (AdaQuant-style: fake quantization with
-the int8 pass's scales and zero points fixed; weights step in quanta, int32 biases in value
-units); ``scope=all``: every weight. Objective and
-training: :mod:`onnxopt.recover`. The trained values go into the same initializers (int8
-stays int8): the graph, its names and the earlier passes' reports stay true.
+quantization scales of the activations and of the quantized layers' weights (LSQ-style, fake
+quantization with the rounding straight-through; ``quantized=all``: also the integer
+weights and biases, AdaQuant-style); ``scope=all``: every weight. Objective and training:
+:mod:`onnxopt.recover`. The trained values go into the same initializers (int8 stays int8,
+int32 biases re-quantized at the trained scales): the graph, its names and the earlier
+passes' reports stay true.
 
 Left unchanged, with the reason in the report: no changed layer (``scope=changed``), an
 op the engine cannot run, a non-finite loss, a held-out loss that did not improve. No
@@ -32,11 +33,15 @@ from onnxopt.registry import register
 class RecoverOptions:
     steps: int = option(200, "optimizer steps, one calibration batch each (early stopping may end sooner)")
     lr: float | Literal["auto"] = option(
-        "auto", "Adam learning rate (for int8 weights: quanta per step), or auto: the best of 1e-5, 1e-4, 1e-3 "
-        "on the held-out batches")
+        "auto", "Adam learning rate of float weights and biases (int8 weights: 100 × lr quanta per step), or "
+        "auto: the best of 1e-5, 1e-4, 1e-3 on the held-out batches")
     scope: Literal["changed", "all"] = option(
         "changed", "changed: train the weights of the layers earlier passes decomposed or quantized; "
         "all: every weight")
+    quantized: Literal["scales", "all"] = option(
+        "scales", "after int8: train the quantization scales (few values: learns from ~100 samples), or all: "
+        "also the integer weights and biases (more values: over-fits on few samples)")
+    scale_lr: float = option(3e-3, "learning rate of the quantization scales, as a relative change per step")
     holdout: float = option(0.2, "share of the calibration batches held out for early stopping and the check")
     patience: int = option(3, "held-out evaluations without improvement before stopping")
     seed: int = option(0, "random seed (a fixed seed gives identical weights)")
@@ -49,6 +54,8 @@ class RecoverOptions:
             raise ValueError("holdout must be in (0, 1)")
         if self.lr != "auto" and not float(self.lr) > 0:
             raise ValueError("lr must be positive or auto")
+        if not self.scale_lr > 0:
+            raise ValueError("scale_lr must be positive")
         if self.patience < 1:
             raise ValueError("patience must be at least 1")
 
@@ -92,7 +99,7 @@ class RecoverPass(OptimizerPass, ir.passes.InPlacePass):
             return ir.passes.PassResult(model, False)
         for layer in layers:
             self.report.apply(layer.source, outputs=layer.outputs, nodes=len(layer.nodes))
-        trained = {t.name: t for t in result.model.graph.initializer if t.name in set(result.trainable)}
+        trained = {t.name: t for t in result.model.graph.initializer if t.name in set(result.written)}
         for name, value in model.graph.initializers.items():
             if name in trained:  # same initializer, same dtype and shape: only the values change
                 value.const_value = ir.tensor(numpy_helper.to_array(trained[name]), name=name)
@@ -102,7 +109,7 @@ class RecoverPass(OptimizerPass, ir.passes.InPlacePass):
         options = self.options
         return options_class(
             steps=options.steps, lr=options.lr, holdout=options.holdout, seed=options.seed, scope=options.scope,
-            patience=options.patience,
+            patience=options.patience, quantized=options.quantized, scale_lr=options.scale_lr,
             time_budget=options.time_budget if options.time_budget is not None else self.context.time_budget)
 
     def _record(self, result) -> None:

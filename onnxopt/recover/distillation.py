@@ -3,11 +3,16 @@
 The teacher (the model before the pipeline) runs in onnxruntime with the targeted values
 as extra outputs; the student runs end to end in :class:`GraphModule`, the chosen
 initializers trainable (a QDQ student's quantized ones fake-quantized, and teacher value v
-compared with the student's ``DequantizeLinear(QuantizeLinear(v))`` where it has one).
+compared with the student's ``DequantizeLinear(QuantizeLinear(v))`` where it has one). In a
+QDQ student the quantization scales train (LSQ-style, the rounding straight-through; at
+``scale_lr`` in log scale), and with ``quantized="all"`` also the integer weights and biases
+(AdaQuant-style), which need more data not to over-fit; int32 biases are then re-quantized
+at the new scales (:mod:`.requantize`).
 Objective: the mean over targets (changed layers' outputs, model outputs) of the
 per-channel-normalised MSE Σ_c mean((s_c − t_c)²) / (C · v_c), v_c the teacher's variance
-of channel c (axis 1) plus 1e-3 × the channel mean: a weak channel counts as much as a
-strong one. Adam; batches split by index into training and held-out parts; the best weights
+of channel c (:func:`~onnxopt.recover.scope.channel_axis`: axis 1 of feature maps, the last
+axis of [N, tokens, hidden] or [N, boxes, attributes]) plus 1e-3 × the channel mean: a weak
+channel counts as much as a strong one. Adam; batches split by index into training and held-out parts; the best weights
 by held-out loss (every ``eval_every`` steps) kept, stopping after ``patience`` evaluations
 without gain. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
 weights, should the run not beat them) kept. Data streamed, one batch at a time. Guards
@@ -28,11 +33,15 @@ import torch
 from onnxopt.recover import scope as scopes
 from onnxopt.recover.interpreter import GraphModule, write_back
 from onnxopt.recover.ops import Unsupported
+from onnxopt.recover.requantize import rescale_biases
 from onnxopt.runtime import create_session
 
 Feeds = dict[str, np.ndarray]
 Progress = Callable[[str, int, int], None]
 KEPT = "kept the weights from before recovery"
+#: the learning rate of 8-bit weights (in quanta) over ``lr`` (float weights and int32 biases
+#: step in value units)
+QUANTA_LR_RATIO = 100.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class DistillOptions:
     eval_every: int | None = None  # steps between held-out evaluations (default max(1, steps // 10))
     patience: int = 3  # evaluations without improvement before stopping
     threads: int = 1  # torch and onnxruntime threads
+    quantized: str = "scales"  # a QDQ student: train its quantization "scales", or "all" (integers too)
+    scale_lr: float = 3e-3  # the scales' learning rate, in log scale (relative change per step)
 
 
 @dataclass
@@ -60,6 +71,7 @@ class DistillResult:
     lr: float | None = None
     reason: str | None = None  # why nothing was changed
     trainable: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)  # initializers whose values ``model`` changed
     targets: list[str] = field(default_factory=list)
     lr_trials: dict[float, float] = field(default_factory=dict)  # rate -> held-out loss after probing
     notes: list[str] = field(default_factory=list)
@@ -91,7 +103,7 @@ def distill(teacher: onnx.ModelProto, student: onnx.ModelProto, changed_outputs:
 
 class _Run:
     def __init__(self, teacher, student, changed_outputs, batches, options, progress, start, result):
-        self.student, self.batches, self.options = student, batches, options
+        self.student, self.teacher, self.batches, self.options = student, teacher, batches, options
         self.progress = progress or (lambda message, done, total: None)
         self.deadline = start + options.time_budget if options.time_budget else math.inf
         self.result = result
@@ -108,10 +120,16 @@ class _Run:
             raise _Stop("no value of the student has a float counterpart in the teacher to match")
         nodes = scopes.changed_nodes(student, changed_outputs)
         trainable = scopes.trainable_initializers(student, options.scope, nodes)
-        if not trainable:
+        if options.quantized not in ("scales", "all"):
+            raise ValueError(f"quantized must be 'scales' or 'all', got {options.quantized!r}")
+        if options.quantized == "scales":
+            floats = {t.name for t in student.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+            trainable = [name for name in trainable if name in floats]
+        scales = scopes.quantization_scales(student, nodes)
+        if not trainable and not scales:
             raise _Stop(f"no float32 or quantized initializer to train (scope={options.scope})")
-        result.trainable, result.targets = trainable, self.targets
-        self.module = GraphModule(student, trainable)
+        result.trainable, result.targets = [*trainable, *scales], self.targets
+        self.module = GraphModule(student, trainable, scales)
         self.session = create_session(_with_outputs(teacher, self.targets), threads=max(1, options.threads))
         self.teacher_inputs = [i.name for i in self.session.get_inputs()]
         self.params = list(self.module.weights)
@@ -145,9 +163,12 @@ class _Run:
         sums: dict[str, np.ndarray] = {}
         squares: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
+        self.axes: dict[str, int] = {}
         for _, values in self._stream(False):
             for name, value in values.items():
-                channels = _channels_last(np.asarray(value, np.float64))
+                if name not in self.axes:
+                    self.axes[name] = scopes.channel_axis(self.teacher, name, np.ndim(value))
+                channels = _channels_last(np.asarray(value, np.float64), self.axes[name])
                 sums[name] = sums.get(name, 0) + channels.sum(0)
                 squares[name] = squares.get(name, 0) + (channels ** 2).sum(0)
                 counts[name] = counts.get(name, 0) + channels.shape[0]
@@ -167,7 +188,7 @@ class _Run:
         total = torch.zeros((), dtype=torch.float32)
         for name, student_name in zip(self.targets, self.student_names):
             error = (outputs[student_name] - torch.from_numpy(np.asarray(teacher[name]))) ** 2
-            per_channel = _channels_last(error).mean(0)
+            per_channel = _channels_last(error, self.axes[name]).mean(0)
             total = total + (per_channel / self.variances[name]).mean()
         return total / len(self.targets)
 
@@ -188,7 +209,7 @@ class _Run:
     def _train(self, lr: float, steps: int, label: str) -> tuple[float, list[torch.Tensor] | None, int]:
         """Adam from the original weights; (best held-out loss, its weights, steps run)."""
         self._restore(self.original)
-        optimizer = torch.optim.Adam(self.params, lr=lr)
+        optimizer = torch.optim.Adam([g for g in self._groups(lr) if g["params"]])
         every = self.options.eval_every or max(1, steps // 10)
         best, best_weights, stale, done, evaluated = math.inf, None, 0, 0, 0
         batches = self._training_batches()
@@ -222,13 +243,24 @@ class _Run:
                 best, best_weights = held_out, [p.detach().clone() for p in self.params]
         return best, best_weights, done
 
+    def _groups(self, lr: float) -> list[dict]:
+        """Adam parameter groups: value-unit parameters at ``lr``, quanta at its ratio, log scales at scale_lr."""
+        kinds = {id(p): "scale" for p in self.module.scale_parameters()}
+        kinds.update({id(p): "quanta" for p in self.module.quanta_parameters()})
+        rates = {"value": lr, "quanta": lr * QUANTA_LR_RATIO, "scale": self.options.scale_lr}
+        return [{"params": [p for p in self.params if kinds.get(id(p), "value") == kind], "lr": rate}
+                for kind, rate in rates.items()]
+
     def _evaluate(self, step: int, lr: float) -> float:
         held_out = self._held_out_loss()
         if not math.isfinite(held_out):
             raise _NonFinite(f"non-finite held-out loss at step {step} (lr={lr:g})")
         return held_out
 
-    def _choose_lr(self) -> float:
+    def _choose_lr(self) -> float | None:
+        """The learning rate of the weights; None where only scales train (at ``scale_lr``)."""
+        if len(self.module.scale_parameters()) == len(self.params):
+            return None
         if self.options.lr != "auto":
             return float(self.options.lr)
         probe = self.options.probe_steps or max(5, self.options.steps // 5)
@@ -260,7 +292,7 @@ class _Run:
             raise _Stop(f"the student's held-out loss is not finite before training; {KEPT}")
         result.lr = self._choose_lr()
         try:
-            after, weights, result.steps = self._train(result.lr, self.options.steps, "train")
+            after, weights, result.steps = self._train(result.lr or 0.0, self.options.steps, "train")
         except _NonFinite as exc:
             raise _Stop(f"{exc}; {KEPT}") from None
         probed = self.probes.get(result.lr)
@@ -277,18 +309,28 @@ class _Run:
         if weights is None or not after < result.loss_before:
             raise _Stop(f"held-out loss did not improve ({result.loss_before:.6g} -> {after:.6g}); {KEPT}")
         result.model = write_back(self.student, self.module.stored_values(weights))
+        rescaled = rescale_biases(self.student, result.model)
+        result.written = [*result.trainable, *(n for n in _bias_scale_names(result.model, rescaled))]
+        if rescaled:
+            result.notes.append(f"re-quantized {len(rescaled)} int32 biases at the trained scales")
 
 
 class _NonFinite(Exception):
     pass
 
 
-def _channels_last(value):
-    """[N, C, …] -> [rows, C] (channel axis 1); a tensor of rank < 2 is one channel."""
+def _bias_scale_names(model: onnx.ModelProto, biases: list[str]) -> list[str]:
+    """The scale initializers of the DequantizeLinear nodes that read ``biases``."""
+    wanted = set(biases)
+    return [n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in wanted]
+
+
+def _channels_last(value, axis: int = 1):
+    """[N, C, …] -> [rows, C] (channel axis ``axis``); a tensor of rank < 2 is one channel."""
     if value.ndim < 2:
         return value.reshape(-1, 1)
-    moved = np.moveaxis(value, 1, -1) if isinstance(value, np.ndarray) else value.movedim(1, -1)
-    return moved.reshape(-1, value.shape[1])
+    moved = np.moveaxis(value, axis, -1) if isinstance(value, np.ndarray) else value.movedim(axis, -1)
+    return moved.reshape(-1, value.shape[axis])
 
 
 def _value_names(model: onnx.ModelProto) -> set[str]:

@@ -9,6 +9,8 @@ weights p = q, so a learning rate is in quanta per step whatever the channel's s
 int32 biases (their quantum s is far below a float weight's step) p = s·(q − z), in value
 units as for float weights. The graph reads clamp(round(p)), resp. clamp(round(p / s) + z),
 rounding straight-through; :meth:`GraphModule.stored_values` gives those integers.
+Quantization scales named in ``scales`` train in the log domain, p = log s (a step is a
+relative change, and a scale stays positive); the graph reads exp(p).
 :func:`write_back` copies values into the SAME initializers of a model copy, dtype and
 shape kept, so the graph, its names and its report stay as they were. ``forward``
 evaluates only the nodes the requested values depend on, freeing each after its last use.
@@ -77,11 +79,12 @@ class _Node:
 class GraphModule(torch.nn.Module):
     """An ONNX model as a torch module; ``trainable`` initializers are its parameters."""
 
-    def __init__(self, model: onnx.ModelProto, trainable: Iterable[str] = ()):
+    def __init__(self, model: onnx.ModelProto, trainable: Iterable[str] = (), scales: Iterable[str] = ()):
         super().__init__()
         graph = model.graph
         opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), 0)
-        trainable = set(trainable)
+        scales = list(dict.fromkeys(scales))
+        trainable = set(trainable) - set(scales)
         self.weights = torch.nn.ParameterList()
         self.parameter_names: list[str] = []  # weights[i] is initializer parameter_names[i]
         self.constants: dict[str, torch.Tensor] = {}
@@ -99,6 +102,14 @@ class GraphModule(torch.nn.Module):
                     integers.append(initializer.name)
         for name in integers:
             self._add_quantized(graph, name)
+        self.log_scales: set[str] = set()  # parameters that hold log s
+        for name in scales:
+            value = self.constants.pop(name, None)
+            if value is None or not value.is_floating_point() or not bool((value > 0).all()):
+                raise ValueError(f"'{name}' is not a positive float initializer: it cannot train as a scale")
+            self.weights.append(torch.nn.Parameter(torch.log(value.float())))
+            self.parameter_names.append(name)
+            self.log_scales.add(name)
         missing = trainable - set(self.parameter_names)
         if missing:
             raise ValueError(f"not initializers of the model: {', '.join(sorted(missing))}")
@@ -135,8 +146,19 @@ class GraphModule(torch.nn.Module):
         """Initializer name -> its trainable parameter."""
         return dict(zip(self.parameter_names, self.weights))
 
+    def quanta_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters that count quanta (8- and 16-bit weights)."""
+        return [p for name, p in zip(self.parameter_names, self.weights)
+                if name in self.quantized and self.quantized[name][4] != torch.int32]
+
+    def scale_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters that are log scales (their learning rate differs)."""
+        return [p for name, p in zip(self.parameter_names, self.weights) if name in self.log_scales]
+
     def _graph_value(self, name: str, parameter: torch.Tensor) -> torch.Tensor:
-        """What the graph reads for a parameter: itself, or its fake-quantized integers."""
+        """What the graph reads for a parameter: itself, its fake-quantized integers, or exp of a log scale."""
+        if name in self.log_scales:
+            return torch.exp(parameter)
         if name not in self.quantized:
             return parameter
         scale, zero, low, high, _ = self.quantized[name]

@@ -9,6 +9,9 @@ an integer initializer is a changed layer too (outputs: its own). Trainable: ini
 at weight positions (:data:`WEIGHT_INPUTS`) of the changed nodes (``scope="changed"``) or of
 all nodes (``"all"``, one-element constants left out): float32 ones, and integer ones behind
 a DequantizeLinear (int32 biases ≥ 2²² in magnitude stay fixed: float32 steps past 1 there).
+:func:`channel_axis`: the axis the objective normalises per channel. Scales
+(:func:`quantization_scales`): the activations' QuantizeLinear scales and the
+changed layers' weight scales (int32 bias scales follow from them, :mod:`.requantize`).
 :func:`student_value`: the student value to compare with teacher value v, the
 ``DequantizeLinear(QuantizeLinear(v))`` the next layers read if any, else v. Pure onnx.
 """
@@ -94,6 +97,47 @@ def student_value(model: onnx.ModelProto, name: str) -> str:
         if node.op_type == "DequantizeLinear" and quantized.get(node.input[0]) == name:
             return node.output[0]
     return name
+
+
+def quantization_scales(model: onnx.ModelProto, nodes: set[str]) -> list[str]:
+    """Float initializers that are the scale of an activation's QuantizeLinear, or of the
+    DequantizeLinear of an 8- or 16-bit weight read by one of ``nodes``; graph order."""
+    floats = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    narrow = {t.name for t in model.graph.initializer if t.data_type in _INTEGERS - {onnx.TensorProto.INT32}}
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    chosen: list[str] = []
+    for node in model.graph.node:
+        if len(node.input) < 2 or node.input[1] not in floats or node.domain not in ("", "ai.onnx"):
+            continue
+        activation = node.op_type == "QuantizeLinear"
+        weight = (node.op_type == "DequantizeLinear" and node.input[0] in narrow
+                  and bool(readers.get(node.output[0], set()) & nodes))
+        if (activation or weight) and node.input[1] not in chosen:
+            chosen.append(node.input[1])
+    return chosen
+
+
+#: ops whose output keeps the channel layout of their first input
+_LAYOUT_KEEPING = {"Relu", "Sigmoid", "Tanh", "Clip", "LeakyRelu", "PRelu", "HardSigmoid", "HardSwish", "Elu",
+                   "Selu", "Mul", "Add", "Sub", "Div", "BatchNormalization", "QuantizeLinear", "DequantizeLinear",
+                   "Identity", "Dropout", "Softplus", "Mish", "Gelu", "Erf"}
+_CONVOLUTIONS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
+
+
+def channel_axis(model: onnx.ModelProto, name: str, rank: int) -> int:
+    """The channel axis of value ``name`` (of ``rank``): 1 for [N, C, …] feature maps and
+    [N, C] vectors; the last axis of a rank-3 value that no convolution wrote — [N, tokens,
+    hidden] of a transformer, [N, boxes, attributes] of a detector's head."""
+    if rank != 3:
+        return 1
+    producer = {o: n for n in model.graph.node for o in n.output}
+    node = producer.get(name)
+    while node is not None and node.op_type in _LAYOUT_KEEPING and node.input:
+        node = producer.get(node.input[0])
+    return 1 if node is not None and node.op_type in _CONVOLUTIONS else 2
 
 
 def _weight_inputs(node: onnx.NodeProto) -> list[str]:

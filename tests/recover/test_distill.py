@@ -149,3 +149,30 @@ def test_distillation_leaves_the_callers_random_state_alone(pair):
     torch.manual_seed(1234)
     distill(teacher, student, outputs, batches(count=4), DistillOptions(steps=2, lr=1e-3, seed=7))
     assert torch.equal(torch.rand(3), expected)
+
+
+def _graph(nodes, output_rank):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * output_rank)])
+    return helper.make_model(graph)
+
+
+def test_the_channel_axis_is_the_feature_axis_of_each_layout():
+    """Per-channel normalisation must use the attribute axis of [N, boxes, attributes] (else
+    a detector's 0..1 score counts for nothing beside its pixel boxes) and the hidden axis of
+    [N, tokens, hidden]; axis 1 of convolution outputs, 1-D ones included."""
+    from onnx import helper
+
+    from onnxopt.recover.scope import channel_axis
+
+    conv1d = _graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["s"]),
+                     helper.make_node("Mul", ["c", "s"], ["y"])], 3)
+    head = _graph([helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Reshape", ["c", "shape"], ["r"]),
+                   helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1])], 3)
+    tokens = _graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])], 3)
+    assert channel_axis(conv1d, "y", 3) == 1
+    assert channel_axis(head, "y", 3) == 2 and channel_axis(head, "c", 4) == 1
+    assert channel_axis(tokens, "y", 3) == 2 and channel_axis(tokens, "y", 2) == 1
+    assert channel_axis(tokens, "x", 3) == 2  # a graph input: no convolution wrote it

@@ -3,7 +3,11 @@ parameters and are stored back as the same integers; recovering before int8 carr
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import onnx
 import pytest
 import torch  # noqa: F401 - the recover extra is part of the test environment: fail, never skip, without it
 
@@ -12,7 +16,8 @@ from onnxopt.passbase import PassContext
 from onnxopt.recover import changed_layers, distill
 from onnxopt.recover.distillation import DistillOptions
 from onnxopt.recover.interpreter import GraphModule, write_back
-from onnxopt.recover.scope import changed_nodes, student_value, trainable_initializers
+from onnxopt.recover.requantize import rescale_biases
+from onnxopt.recover.scope import changed_nodes, quantization_scales, student_value, trainable_initializers
 from onnxopt.runtime import create_session
 from tests.helpers import relative_error, run_ort
 from tests.recover.models import correlated_batches, decomposed, initializers, quantized, teacher_model
@@ -59,10 +64,10 @@ def test_write_back_rounds_and_saturates_floats_into_an_integer_initializer(pair
     assert stored.dtype == np.int8 and stored.flat[0] == 127 and stored.flat[1] == -128 and stored.flat[2] == 2
 
 
-def test_int8_then_recover_lowers_the_held_out_loss_by_small_integer_steps():
+def test_int8_then_recover_all_lowers_the_held_out_loss_by_small_integer_steps():
     teacher, int8 = teacher_model(), "int8:library_check=false:bias_correction=false"
     student, _ = onnxopt.optimize(teacher, int8, context=PassContext(calibration=correlated_batches()))
-    model, report = onnxopt.optimize(teacher, f"{int8},recover:steps=150:lr=1e-2:patience=10",
+    model, report = onnxopt.optimize(teacher, f"{int8},recover:steps=150:lr=1e-4:patience=10:quantized=all",
                                      context=PassContext(calibration=correlated_batches()))
     recover = report.passes[1]
     assert recover.modified, recover.skipped_reason
@@ -90,3 +95,83 @@ def test_recovering_before_int8_gives_a_better_int8_model():
 
     plain, better = quantized(student, correlated_batches()), quantized(recovered.model, correlated_batches())
     assert error(better) < 0.8 * error(plain), (error(better), error(plain))
+
+
+ACTIVATION_SCALES = ["x_scale", "r0_scale", "r1_scale"]
+WEIGHT_SCALES = ["W0_scale", "W1_scale", "W2_scale"]
+
+
+def test_the_scales_to_train_are_the_activations_and_the_changed_weights(pair):
+    _, student = pair
+    scales = quantization_scales(student, changed_nodes(student))
+    assert sorted(scales) == sorted(ACTIVATION_SCALES + WEIGHT_SCALES), scales  # no int32 bias scale
+    assert sorted(quantization_scales(student, {"conv1"})) == sorted(ACTIVATION_SCALES + ["W1_scale"])
+
+
+def test_a_scale_trains_in_log_scale_and_is_stored_unchanged_until_trained(pair):
+    _, student = pair
+    module = GraphModule(student, [], ACTIVATION_SCALES)
+    x = next(correlated_batches(1)())["x"]
+    output = module({"x": torch.from_numpy(x)})["r2"]
+    np.testing.assert_allclose(output.detach().numpy(), run_ort(student, {"x": x})[0], rtol=1e-5, atol=1e-5)
+    stored = module.stored_values()
+    np.testing.assert_allclose(stored["r0_scale"], initializers(student)["r0_scale"], rtol=1e-6)
+    output.sum().backward()
+    assert module.named_initializers()["r0_scale"].grad.abs().sum() > 0  # LSQ: through the rounding
+    with pytest.raises(ValueError, match="positive float"):
+        GraphModule(student, [], ["W0_quantized"])
+
+
+def _with_scale(model, name, factor):
+    values = {name: initializers(model)[name] * np.float32(factor)}
+    return write_back(model, values)
+
+
+def _fused_convs(model) -> int:
+    """QLinearConv nodes onnxruntime makes of the model (its optimized graph)."""
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return sum(n.op_type == "QLinearConv" for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_rescaled_biases_keep_the_layers_fused_into_integer_kernels(pair):
+    """onnxruntime fuses a quantized Conv only where its bias scale is input scale × weight
+    scale: trained scales must re-quantize the bias, or the layer falls back to a float Conv."""
+    _, student = pair
+    changed = _with_scale(_with_scale(student, "r0_scale", 1.3), "W1_scale", 0.8)
+    x = next(correlated_batches(1, seed=11)())["x"]
+
+    def graph_output(model):  # the graph's meaning, as the recovery engine computes it
+        return GraphModule(model)({"x": torch.from_numpy(x)})["r2"].detach().numpy()
+
+    assert _fused_convs(student) == 2  # conv0 and conv1 (conv2 writes a float output)
+    assert _fused_convs(changed) == 1  # the fault: conv1 ran as a float Conv
+    fixed = write_back(changed, {})
+    assert rescale_biases(student, fixed) == ["B1_quantized"]
+    assert _fused_convs(fixed) == 2
+    # the bias value is kept (to its new rounding, which may flip a rounding of r1's integers)
+    assert relative_error(graph_output(changed), graph_output(fixed)) < 5e-3
+    assert relative_error(graph_output(fixed), run_ort(fixed, {"x": x})[0]) < 1e-4
+    assert rescale_biases(student, write_back(student, {})) == []  # nothing trained, nothing to do
+
+
+def test_int8_then_recover_trains_the_scales_and_leaves_the_integers(pair):
+    teacher, student = pair
+    outputs = [o for layer in changed_layers(student) for o in layer.outputs]
+    result = distill(teacher, student, outputs, correlated_batches(),
+                     DistillOptions(steps=60, lr=1e-4, scale_lr=3e-3, patience=10))
+    assert result.model is not None, result.reason
+    assert result.loss_after < result.loss_before
+    before, after = initializers(student), initializers(result.model)
+    assert all(np.array_equal(before[k], after[k]) for k in ("W0_quantized", "W1_quantized", "W2_quantized"))
+    assert any(not np.allclose(before[k], after[k]) for k in ACTIVATION_SCALES + WEIGHT_SCALES)
+    assert set(result.written) >= set(ACTIVATION_SCALES + WEIGHT_SCALES)
+    x = next(correlated_batches(1, seed=11)())["x"]
+    graph = GraphModule(result.model)({"x": torch.from_numpy(x)})["r2"].detach().numpy()
+    assert relative_error(graph, run_ort(result.model, {"x": x})[0]) < 1e-4
+    assert _fused_convs(result.model) == _fused_convs(student)  # biases followed the scales
