@@ -2,6 +2,7 @@
 voice-activity detectors.
 
     python benchmarks/sequence.py [--auto-budget 240] [--no-auto] [--runs 40] [--repeats 3] [--no-vad]
+                                  [--no-transformer] [--variant SPEC ...]
 
 **Transformer** — ``../shared/models/sequence/paraphrase_minilm_l3.onnx`` (3 BERT layers,
 width 384), sequence length 128, batch 1, one onnxruntime intra-op thread, on the 400 real
@@ -23,7 +24,12 @@ gate's default budget with data; as ``onnxopt optimize --data … --calibration-
 * the sentence embedding (output ``461``, [batch, 384]) over the 300 evaluation sentences:
   mean and 1st-percentile cosine to FP32's, and the Spearman rank correlation of the
   pairwise cosine similarities (all 44,850 pairs; ranks with ties averaged, then Pearson);
-* the pass's wall time (building the variant, calibration included).
+* the pass's wall time (building the variant, calibration included); for static ``int8``,
+  the op types it quantized and the share of token positions it calibrated on.
+
+``--variant SPEC`` (repeatable) builds only the transformer variants with that pass spec
+(e.g. ``--variant int8 --variant int8-dynamic``); targets that need a missing variant are
+reported as not measured.
 
 Targets (issue 15): some variant ≥ 2.5× faster than FP32 with mean cosine ≥ 0.99 and
 Spearman ≥ 0.99; ``svd`` + INT8 faster than INT8 alone at the same fidelity (here: an
@@ -151,6 +157,7 @@ def build(variant: Variant, proto: onnx.ModelProto, context: PassContext) -> Non
     variant.model = model.SerializeToString()
     variant.config = {k: v for p in report.passes for k, v in p.validate_with.items()}
     variant.decomposed, variant.note = decomposition_note(report)
+    variant.note = ", ".join(n for n in (variant.note, static_int8_note(report)) if n)
 
 
 def decomposition_note(report) -> tuple[int, str]:
@@ -169,6 +176,19 @@ def decomposition_note(report) -> tuple[int, str]:
     if notes and before and after:
         notes.append(f"MACs {after / before:.2f}× of FP32")
     return decomposed, ", ".join(notes)
+
+
+def static_int8_note(report) -> str:
+    """For static int8: e.g. "ops linear, 24 nodes quantized, 1387 of 12800 token positions calibrated"; else ""."""
+    for p in report.passes:
+        if p.name == "int8" and p.status == "modified":
+            figures = p.figures
+            notes = [f"ops {str(figures.get('ops', '?')).split(' ')[0]}", f"{figures.get('quantized_nodes')} nodes quantized"]
+            tokens = figures.get("calibration_tokens")
+            if tokens:
+                notes.append(str(tokens).split(": ", 1)[-1])
+            return ", ".join(notes)
+    return ""
 
 
 def build_auto(proto: onnx.ModelProto, data, budget: float) -> Variant:
@@ -327,7 +347,9 @@ def print_targets(variants: list[Variant]) -> None:
     alone = next((v for v in ok if v.label == "int8-dynamic"), None)
     combos = [v for v in ok if v.label.endswith("+ int8-dynamic") and v.vs_int8]
     if alone is None or not combos:
-        print("  target 2 (svd + INT8 faster than INT8 alone at the same fidelity): cannot judge (a variant failed)")
+        built = {v.label for v in variants}
+        why = "a variant failed" if "int8-dynamic" in built and any("+" in b for b in built) else "not measured in this run"
+        print(f"  target 2 (svd + INT8 faster than INT8 alone at the same fidelity): cannot judge ({why})")
         return
     wins = [v.label for v in combos if v.decomposed and v.vs_int8[0] > 1
             and v.fidelity["mean"] >= alone.fidelity["mean"] - SAME_FIDELITY
@@ -351,7 +373,11 @@ def run_transformer(args) -> None:
           f"{evaluation.description} (disjoint)")
     fp32 = runnable_bytes(proto)
     reference = embeddings(fp32, evaluation)
-    variants = transformer_variants()
+    variants = [v for v in transformer_variants() if not args.variant or v.spec in args.variant]
+    unknown = sorted(set(args.variant or ()) - {v.spec for v in variants})
+    if unknown:
+        sys.exit(f"unknown --variant {', '.join(unknown)}; choose from: "
+                 + ", ".join(v.spec for v in transformer_variants()))
     for variant in variants:
         build(variant, proto, calibration_context(calibration))
         log_built(variant)
@@ -502,6 +528,9 @@ def main() -> None:
     parser.add_argument("--no-auto", dest="auto", action="store_false", help="skip auto:quantize=int8")
     parser.add_argument("--no-vad", dest="vad", action="store_false", help="skip the voice-activity models")
     parser.add_argument("--no-transformer", dest="transformer", action="store_false")
+    parser.add_argument("--variant", action="append", metavar="SPEC",
+                        help="build only the transformer variant with this pass spec, e.g. int8 (repeatable; "
+                             "default: all of them)")
     parser.add_argument("--runs", type=int, default=40, help="interleaved latency rounds per measurement (40)")
     parser.add_argument("--repeats", type=int, default=3, help="latency measurements, fresh sessions each (3)")
     args = parser.parse_args()

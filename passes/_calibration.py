@@ -11,6 +11,19 @@ whose 128-level quantization q loses least information, min KL(p‖q) (TensorRT'
 searched vectorised (onnxruntime's search is pure Python: minutes). The same run also gives
 the MinMax ranges (``Calibration.minmax``, for the library check) and each tensor's share of
 values in the upper half of its range (``Calibration.upper_shares``, for reduce_range).
+
+Two kinds of tensor get no calibrated range:
+
+* sentinels (``Calibration.sentinels``): a tensor with a value of magnitude ≥ 1e30 or a
+  non-finite one (an additive attention mask of float32's lowest value, −3.4e38) has no
+  8-bit grid that also holds its real values, and its histogram cannot be binned; the pass
+  keeps the nodes that read or write it in float;
+* Softmax inputs: their range is the *softmax window* (:func:`softmax_windows`), from
+  ``SOFTMAX_WINDOW`` below the lowest row maximum to the highest value, whatever the method.
+  Softmax depends only on each value's distance below its row's maximum, and a value more
+  than 20 below it weighs under e⁻²⁰: clamping it (a masked position) to the window's low
+  end changes nothing a uint8 probability shows, while a range reaching −3.4e38 would put
+  every real score on one code.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnxopt.errors import InputError
 from onnxopt.runtime import ORT_PROVIDER, first_line
@@ -30,6 +44,13 @@ ENTROPY_BINS = 2048
 QUANTIZED_BINS = 128
 #: Percentile of |x| (symmetric) rather than two-sided percentiles of x.
 PERCENTILE_SYMMETRIC = True
+#: A calibration value at least this large in magnitude is a sentinel (a mask of float32's
+#: lowest value, 3.4e38), not a signal: its tensor gets no range.
+SENTINEL_MAGNITUDE = 1e30
+#: How far below the lowest row maximum a Softmax input's range reaches: e^-20 ≈ 2e-9, so
+#: values further below their row's maximum add under 1/255 of probability mass to a row
+#: even when a million of them are clamped to the window's low end.
+SOFTMAX_WINDOW = 20.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,8 @@ class Calibration:
     upper_shares: dict[str, float]  # per tensor, the share of its values in the upper half of its range
     probe: qc.Feeds  # the first sample, kept to check that the quantized model runs
     samples: int
+    sentinels: dict[str, float]  # tensor -> its largest |value| (≥ SENTINEL_MAGNITUDE or inf): no range
+    softmax_inputs: tuple[str, ...] = ()  # tensors whose range is the softmax window
 
     def lowest(self, tensor: str) -> float | None:
         """The calibrated minimum of ``tensor``, or None where calibration has none (a graph
@@ -55,11 +78,14 @@ class Calibration:
 
 
 def calibrate(path: Path, tmp: Path, samples: Callable[[], Iterable[qc.Feeds]], *, method: str, percentile: float,
-              cuda: bool, origin: str, progress: Callable[[int], None]) -> Calibration:
-    """Calibrate the model at ``path`` on ``samples()`` (one-sample feeds), files in ``tmp``.
+              cuda: bool, origin: str, progress: Callable[[int], None], op_types: list[str] | None = None) -> Calibration:
+    """Calibrate the model at ``path`` on ``samples()`` (one-sample feeds), files in ``tmp``:
+    the tensors of the nodes whose op type is in ``op_types`` (default: every op type the
+    quantizer knows); the inputs of those nodes that are Softmax get their softmax window.
 
     Raises InputError (one line) when the model cannot run a sample or there is none.
     """
+    op_types = op_types_to_quantize() if op_types is None else list(op_types)
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
     calibration_method = {
@@ -76,9 +102,12 @@ def calibrate(path: Path, tmp: Path, samples: Callable[[], Iterable[qc.Feeds]], 
     providers = [ORT_PROVIDER["cuda"], ORT_PROVIDER["cpu"]] if cuda else None
     with qc.quiet("onnxruntime calibrator"), qc.contained(tmp):
         calibrator = create_calibrator(
-            path, op_types_to_quantize(), augmented_model_path=str(tmp / "augmented.onnx"),
+            path, op_types, augmented_model_path=str(tmp / "augmented.onnx"),
             calibrate_method=calibration_method, providers=providers, extra_options=extra,
         )
+    sentinels: dict[str, tuple[float, float]] = {}  # tensor -> (lowest, highest) of a sentinel tensor
+    if method != "minmax":
+        calibrator.collector = _finite_histograms(calibrator, sentinels)
     used = 0
     probe: qc.Feeds | None = None
     try:
@@ -104,13 +133,139 @@ def calibrate(path: Path, tmp: Path, samples: Callable[[], Iterable[qc.Feeds]], 
         histograms = collector.histogram_dict if collector else None
     finally:
         del calibrator
+    if histograms is None:  # MinMax: its sentinels show in the ranges
+        sentinels.update(_sentinel_ranges(ranges))
+    minmax = _minmax_ranges(histograms, sentinels) if histograms is not None else ranges
+    softmax = _softmax_inputs(path, op_types)
+    windows = softmax_windows(path, softmax, samples, origin) if softmax else {}
+    ranges = _replaced(ranges, drop=set(sentinels), add={name: _tensor_data(*w) for name, w in windows.items()})
     return Calibration(
         ranges=ranges,
-        minmax=_minmax_ranges(histograms) if histograms is not None else ranges,
+        minmax=minmax,
         upper_shares=_upper_half_shares(histograms, ranges) if histograms is not None else {},
         probe=probe,
         samples=used,
+        sentinels={name: max(abs(low), abs(high)) for name, (low, high) in sentinels.items()},
+        softmax_inputs=tuple(windows),
     )
+
+
+def softmax_windows(path: Path, softmax: dict[str, tuple[int, bool]], samples: Callable[[], Iterable[qc.Feeds]],
+                    origin: str) -> dict[str, tuple[float, float]]:
+    """Per Softmax input tensor (name -> (axis, whether the axis flattens the trailing dims,
+    as before opset 13)), its window over ``samples()``: (lowest row maximum −
+    ``SOFTMAX_WINDOW``, highest value). Rows whose maximum is itself a sentinel (every
+    position masked) are left out. The model at ``path`` runs in float with the tensors
+    as extra outputs."""
+    model = onnx.load(str(path))
+    outputs = {o.name for o in model.graph.output}
+    for name in softmax:
+        if name not in outputs:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = qc.ort_session(model, log_level=4)
+    names = list(softmax)
+    lowest = dict.fromkeys(names, np.inf)
+    highest = dict.fromkeys(names, -np.inf)
+    for count, feeds in enumerate(samples(), 1):
+        try:
+            values = session.run(names, feeds)
+        except Exception as exc:  # onnxruntime rejects the sample
+            raise InputError(f"{origin}: the model cannot run on sample {count}: {first_line(exc)}") from None
+        for name, x in zip(names, values):
+            axis, flatten = softmax[name]
+            row_max = _row_maxima(np.asarray(x, np.float32), axis, flatten)
+            real = row_max[np.isfinite(row_max) & (np.abs(row_max) < SENTINEL_MAGNITUDE)]
+            if real.size:
+                lowest[name] = min(lowest[name], float(real.min()) - SOFTMAX_WINDOW)
+                highest[name] = max(highest[name], float(real.max()))
+    return {name: (lowest[name], highest[name]) for name in names if np.isfinite(lowest[name])}
+
+
+def _row_maxima(x: np.ndarray, axis: int, flatten: bool) -> np.ndarray:
+    """Each softmax row's maximum: along ``axis``, or over the dims from ``axis`` on (opset < 13)."""
+    if x.ndim == 0:
+        return x.reshape(1)
+    axis = axis % x.ndim
+    if flatten:
+        return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1).max(axis=1)
+    return x.max(axis=axis)
+
+
+def _softmax_inputs(path: Path, op_types: list[str]) -> dict[str, tuple[int, bool]]:
+    """Float Softmax input tensors of the model at ``path`` -> (axis, flattens), when Softmax is quantized."""
+    if "Softmax" not in op_types:
+        return {}
+    model = onnx.load(str(path), load_external_data=False)
+    opset = qc.opset_of(model)
+    found = {}
+    for node in model.graph.node:
+        if node.op_type == "Softmax" and node.domain in ("", "ai.onnx") and node.input and node.input[0]:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), -1 if opset >= 13 else 1)
+            found[node.input[0]] = (int(axis), opset < 13)
+    return found
+
+
+def _tensor_data(lowest: float, highest: float):
+    from onnxruntime.quantization.calibrate import TensorData
+
+    return TensorData(lowest=np.float32(lowest), highest=np.float32(highest))
+
+
+def _is_sentinel(lowest: float, highest: float) -> bool:
+    peak = max(abs(lowest), abs(highest))
+    return not np.isfinite(peak) or peak >= SENTINEL_MAGNITUDE
+
+
+def _sentinel_ranges(ranges) -> dict[str, tuple[float, float]]:
+    """The MinMax ranges that reach a sentinel value."""
+    found = {}
+    for name, data in ranges.items():
+        try:
+            low, high = (float(np.min(data.range_value[0])), float(np.max(data.range_value[1])))
+        except (AttributeError, TypeError, ValueError):
+            continue
+        if _is_sentinel(low, high):
+            found[name] = (low, high)
+    return found
+
+
+def _replaced(ranges, drop: set[str], add: dict):
+    """``ranges`` (TensorsData) less the tensors in ``drop``, with the TensorData in ``add``."""
+    from onnxruntime.quantization.calibrate import TensorsData
+
+    if not drop and not add:
+        return ranges
+    data = {k: v for k, v in ranges.items() if k not in drop and k not in add}
+    return TensorsData(ranges.calibration_method, data | add)
+
+
+def _finite_histograms(calibrator, sentinels: dict[str, tuple[float, float]]):
+    """onnxruntime's histogram collector for ``calibrator``, except that a tensor holding a
+    sentinel value is dropped (its histogram too, if earlier samples had started one) and
+    recorded in ``sentinels`` with its lowest and highest value: onnxruntime cannot bin a
+    range of 6.8e38 ("Too many bins for data range")."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    class FiniteHistogramCollector(HistogramCollector):
+        def collect(self, name_to_arr):
+            kept = {}
+            for name, arrays in name_to_arr.items():
+                arrays = arrays if isinstance(arrays, list) else [arrays]
+                sized = [a for a in arrays if a.size]
+                low = min((float(np.min(a)) for a in sized), default=0.0)
+                high = max((float(np.max(a)) for a in sized), default=0.0)
+                if name in sentinels or _is_sentinel(low, high):
+                    old = sentinels.get(name, (low, high))
+                    sentinels[name] = (min(old[0], low), max(old[1], high))
+                    self.histogram_dict.pop(name, None)
+                else:
+                    kept[name] = arrays
+            return super().collect(kept) if kept else None
+
+    return FiniteHistogramCollector(
+        method=calibrator.method, symmetric=calibrator.symmetric, num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins, percentile=calibrator.percentile,
+        scenario=getattr(calibrator, "scenario", "same"))
 
 
 def op_types_to_quantize() -> list[str]:
@@ -136,15 +291,16 @@ def _upper_half_shares(histograms: dict, ranges) -> dict[str, float]:
     return shares
 
 
-def _minmax_ranges(histograms: dict):
+def _minmax_ranges(histograms: dict, sentinels: dict[str, tuple[float, float]]):
     """onnxruntime's MinMax ranges (each tensor's lowest and highest calibration value) from the
-    histograms of the same calibration run: their min and max are recorded on the way."""
+    histograms of the same calibration run, where their min and max are recorded on the way,
+    and the sentinel tensors' (what plain quantize_static would use)."""
     from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorsData
 
     data = {}
-    for name, histogram in histograms.items():
-        low, high = histogram[2], histogram[3]
+    lows_highs = {name: (h[2], h[3]) for name, h in histograms.items()} | dict(sentinels)
+    for name, (low, high) in lows_highs.items():
         data[name] = (np.asarray(low, dtype=np.float32).reshape(()), np.asarray(high, dtype=np.float32).reshape(()))
     return TensorsData(CalibrationMethod.MinMax, data)
 

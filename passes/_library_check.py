@@ -1,10 +1,11 @@
 """``library_check``: the ``int8`` pass is never worse than the library it wraps.
 
-Plain ``quantize_static``'s model (per-channel MinMax, QDQ, the same activation and weight
-types, 8-bit weights, outputs quantized, no bias correction) is built from the MinMax
+Plain ``quantize_static``'s model (per-channel MinMax, QDQ, the same op types, activation and
+weight types, 8-bit weights, outputs quantized, no bias correction) is built from the MinMax
 ranges of the pass's own calibration run and the same pre-processed model. Both models
-and the float one run on the first 8 calibration samples; per output, the mean per-sample
-Pearson r and the worst per-channel Pearson r against the float model
+and the float one run on the first 8 calibration samples; per output (a token output's real
+positions only), the mean per-sample Pearson r and the worst per-channel Pearson r against
+the float model
 (:func:`similarity`) decide, with a margin of 0.002 (:func:`library_is_better`), which
 model the pass returns.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxopt.analysis.inputs import attention_mask
 from onnxopt.errors import OnnxoptError
 from onnxopt.runtime import first_line
 
@@ -149,6 +151,17 @@ def output_similarity(reference: list[np.ndarray], candidate: list[np.ndarray]) 
     return float(np.mean(per_sample)), worst
 
 
+def real_tokens(outputs: list[np.ndarray], feeds: qc.Feeds) -> list[np.ndarray]:
+    """``outputs`` with the padded positions of token outputs ([batch, seq, …] like the feeds'
+    attention mask) left out, as [real positions, 1, …] (each token a sample): what a padded
+    position holds is never used, and no calibration range was meant for it."""
+    mask = attention_mask(feeds)
+    if mask is None:
+        return outputs
+    return [out[mask][:, None] if out.ndim >= 3 and out.shape[:2] == mask.shape and mask.any() else out
+            for out in outputs]
+
+
 def similarity(reference_model: onnx.ModelProto, candidates: list[onnx.ModelProto], samples: list[qc.Feeds],
                session_config: dict[str, str] | None = None) -> list[Similarity]:
     """How close each candidate's float outputs are to ``reference_model``'s on ``samples``.
@@ -157,11 +170,11 @@ def similarity(reference_model: onnx.ModelProto, candidates: list[onnx.ModelProt
     they will be run) and ``session_config`` (e.g. exact integer kernels)."""
     reference = qc.ort_session(reference_model, log_level=4)
     names = [o.name for o in reference.get_outputs() if o.type in ("tensor(float)", "tensor(float16)", "tensor(double)")]
-    expected = [reference.run(names, feeds) for feeds in samples]
+    expected = [real_tokens(reference.run(names, feeds), feeds) for feeds in samples]
     results = []
     for candidate in candidates:
         runner = qc.ort_session(candidate, log_level=4, config=session_config or {})
-        got = [runner.run(names, feeds) for feeds in samples]
+        got = [real_tokens(runner.run(names, feeds), feeds) for feeds in samples]
         means, worsts = [], []
         for k in range(len(names)):
             mean, worst = output_similarity([e[k] for e in expected], [g[k] for g in got])

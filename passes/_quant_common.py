@@ -7,7 +7,8 @@
   logger; stdout may carry the model, so both go to this module's logger at DEBUG;
 * calibration feeds: :func:`input_specs`, :func:`check_feeds` (a batch that does not fit the
   inputs is a one-line :class:`~onnxopt.errors.InputError`), :func:`iter_samples` (one-sample
-  feeds, one batch held at a time), :func:`random_samples` (seeded, from the graph);
+  feeds, one batch held at a time), :func:`random_samples` (seeded, from the graph),
+  :class:`RealTokens` (token samples without their trailing padding);
 * preparing a model for onnxruntime's tools: :func:`name_nodes`, :func:`rename_colliding`,
   :func:`upgrade_opset`, :func:`strip_initializer_value_info`, :func:`restore_model_fields`;
 * onnxruntime: :func:`ort_session` and :func:`check_loads`; temporary files (``scratch_dir``,
@@ -29,7 +30,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import irutil
-from onnxopt.analysis.inputs import random_feeds
+from onnxopt.analysis.inputs import attention_mask, random_feeds
 from onnxopt.errors import InputError
 from onnxopt.runtime import create_session, first_line
 from onnxopt.runtime.scratch import contained, scratch_dir  # noqa: F401 - the passes call them as qc.*
@@ -302,6 +303,63 @@ def iter_samples(batches: Iterable[object], specs: list[InputSpec], origin: str,
         del feeds, raw
 
 
+def cut_trailing_padding(feeds: Feeds, specs: list[InputSpec]) -> tuple[Feeds, int] | None:
+    """(a token sample without its trailing padding, the positions kept): every feed shaped
+    [batch, seq, …] like the attention mask (an input named as
+    :data:`onnxopt.analysis.inputs.MASK_NAME` says) cut after the last position the mask
+    marks real. None where there is no mask, nothing to cut, or the model declares a fixed
+    sequence length. Leading padding stays, so real tokens keep their positions."""
+    mask = attention_mask(feeds)
+    if mask is None:
+        return None
+    length = mask.shape[1]
+    real = np.flatnonzero(mask.any(axis=0))
+    if real.size == 0 or real[-1] + 1 == length:
+        return None
+    kept = int(real[-1]) + 1
+    declared = {s.name: s.dims for s in specs}
+    out: Feeds = {}
+    for name, value in feeds.items():
+        if value.ndim >= 2 and value.shape[:2] == mask.shape:
+            dims = declared.get(name)
+            if dims is not None and len(dims) > 1 and dims[1] is not None:
+                return None  # a fixed sequence length: a shorter sample would not fit
+            value = value[:, :kept]
+        out[name] = value
+    return out, kept
+
+
+class RealTokens:
+    """Calibration samples of a token model without their trailing padding
+    (:func:`cut_trailing_padding`): padded positions are most of a short text's, and their
+    activations would set the ranges the real tokens are quantized on. ``samples()`` as
+    given, each call a fresh stream; ``positions``/``kept``: the sequence positions of the
+    current (or last) stream so far, and how many of them were kept."""
+
+    def __init__(self, samples, specs: list[InputSpec]) -> None:
+        self._samples = samples
+        self._specs = specs
+        self.positions = self.kept = 0
+
+    def __call__(self) -> Iterator[Feeds]:
+        self.positions = self.kept = 0
+        for feeds in self._samples():
+            mask = attention_mask(feeds)
+            cut = cut_trailing_padding(feeds, self._specs)
+            if mask is not None:
+                self.positions += mask.size
+                self.kept += mask.shape[0] * (cut[1] if cut is not None else mask.shape[1])
+            sample = cut[0] if cut is not None else feeds
+            del feeds, cut, mask  # hold no view of the batch while the next one is read
+            yield sample
+            del sample
+
+    @property
+    def cut(self) -> bool:
+        """Whether padding was cut off in the current (or last) stream."""
+        return self.kept < self.positions
+
+
 def random_samples(context, model: onnx.ModelProto, count: int) -> Iterator[Feeds]:
     """``count`` seeded one-sample feeds ``model`` can take, derived from its graph: the
     context's (set by the API), else :func:`onnxopt.analysis.inputs.random_feeds` (the same
@@ -367,6 +425,21 @@ def check_loads(proto: onnx.ModelProto, feeds: Feeds | None = None) -> str | Non
         except Exception as exc:  # e.g. a QuantizeLinear whose scale has the wrong shape
             return "running it fails: " + first_line(exc)
     return None
+
+
+def keep_value_info_of(original: onnx.ModelProto, converted: onnx.ModelProto) -> int:
+    """Drop the value_info entries of ``converted`` that ``original`` did not have; returns how many.
+
+    Shapes inferred while preparing a model (``quant_pre_process``) let onnxruntime apply
+    fusions to the float parts that it cannot apply to the original, where sequence
+    dimensions are symbolic: SkipLayerNormalization, whose CPU kernel ran 3.5x slower than
+    the Add + LayerNormalization it replaced on a sentence-transformer."""
+    keep = {v.name for v in original.graph.value_info}
+    kept = [v for v in converted.graph.value_info if v.name in keep]
+    dropped = len(converted.graph.value_info) - len(kept)
+    del converted.graph.value_info[:]
+    converted.graph.value_info.extend(kept)
+    return dropped
 
 
 def restore_model_fields(original: onnx.ModelProto, converted: onnx.ModelProto) -> None:

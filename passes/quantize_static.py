@@ -1,19 +1,25 @@
 """``int8``: static INT8 quantization in QDQ format, calibrated on data (onnxruntime.quantization).
 
-Every quantizable tensor ``x`` (activations and weights of Conv, Gemm, MatMul, … as
-onnxruntime's QDQ quantizer chooses them) becomes ``DequantizeLinear(QuantizeLinear(x))``,
+Every quantizable tensor ``x`` (activations and weights of the op types ``ops=`` selects,
+:mod:`._int8_scope`) becomes ``DequantizeLinear(QuantizeLinear(x))``,
 ``x ≈ scale·(q − zero_point)``; onnxruntime fuses each ``DQ → op → Q`` into an integer
-kernel. Weights get symmetric scales, per output channel by default; activation ranges come
-from calibration on ``--data``, streamed (:mod:`._calibration`).
+kernel, and a ``DQ → MatMul`` whose output no quantized op reads into MatMulIntegerToFloat
+(a MatMul's output is quantized only where a quantized op reads it: a Q → DQ pair before a
+float op only adds rounding). Weights get symmetric scales, per output channel by default;
+activation ranges come from calibration on ``--data``, streamed (:mod:`._calibration`);
+token data is calibrated without its trailing padding (``qc.RealTokens``).
 
 Steps: prepare (unique node names; opset ≥ 13, which per-channel ``DequantizeLinear`` needs;
 initializer names that cannot collide with the quantizer's ``<tensor>_scale``); onnxruntime's
-``quant_pre_process`` (retried without symbolic shape inference, then left out); calibration;
-the reduce-range policy (:mod:`._reduce_range`); QDQ quantization, falling back per layer
-from per-channel to per-tensor (Gemm/MatMul first, then every weight), checked to load and
-run a sample; bias correction (:mod:`._bias_correction`); float graph outputs
-(:mod:`._float_outputs`); the check against plain ``quantize_static`` (:mod:`._library_check`).
-Every file onnxruntime writes lands in a private folder, its working directory meanwhile.
+``quant_pre_process`` (retried without symbolic shape inference, then left out); the op types
+(:mod:`._int8_scope`); calibration; the nodes that stay float (``exclude=``, a MatMul of two
+activations under ``ops=linear``, the attention mask's path, sentinel tensors); the
+reduce-range policy (:mod:`._reduce_range`); QDQ quantization, falling back per layer from
+per-channel to per-tensor (Gemm/MatMul first, then every weight), checked to load and run a
+sample; bias correction (:mod:`._bias_correction`); float graph outputs
+(:mod:`._float_outputs`); the check against plain ``quantize_static`` (:mod:`._library_check`);
+the input's value_info only (``qc.keep_value_info_of``). Every file onnxruntime writes lands
+in a private folder, its working directory meanwhile.
 """
 
 from __future__ import annotations
@@ -26,14 +32,15 @@ from typing import Literal
 import onnx
 import onnx_ir as ir
 
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
 from onnxopt.runtime import first_line
 
+from . import _int8_scope as scope
 from . import _quant_common as qc
 from ._calibration import Calibration, calibrate, op_types_to_quantize
-from ._float_outputs import float_outputs
+from ._float_outputs import float_outputs, float_readers
 from ._library_check import library_check
 from ._reduce_range import WEIGHT_OPS, choose_reduce_range, float_stems, weights_kept_at_8_bits
 
@@ -52,6 +59,13 @@ class QuantizeStaticOptions:
     percentile: float = option(99.995, "for method=percentile: share of |x| (in %) the range must cover")
     samples: int = option(100, "calibrate on the first N samples of the data")
     exclude: tuple[str, ...] = option((), "node-name globs or op types to leave in float, e.g. conv1*|Gemm")
+    ops: Literal["auto", "all", "linear"] = option(
+        "auto", "op types to quantize: all (every op type onnxruntime's quantizer knows), linear (MatMul, Gemm, "
+        "Conv with a stored weight, and Softmax; a MatMul of two activations stays float), auto: linear for "
+        "graphs with attention (a Softmax computed from a MatMul of two activations), else all")
+    trim_padding: bool = option(
+        True, "calibrate token data on its real tokens: cut each sample after the last position its attention "
+        "mask marks (needs a dynamic sequence dimension; padded positions would set the ranges otherwise)")
     activations: Literal["uint8", "int8"] = option(
         "uint8", "activation type: uint8 is the fast path on x86 (int8 activations ran ResNet-56 at 0.68x of FP32 "
         "on an AVX-512 VNNI and an AVX2 CPU)")
@@ -66,7 +80,7 @@ class QuantizeStaticOptions:
         True, "remove the output-mean shift that rounding the weights causes (measured on the calibration data)")
     library_check: bool = option(
         True, "compare the result with plain onnxruntime quantize_static (per-channel MinMax) on a few calibration "
-        "samples and keep the better model")
+        "samples and keep the better model (the same op types, see ops)")
 
     def __post_init__(self):
         if self.samples < 1:
@@ -124,18 +138,17 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                 onnx.save_model(work, str(path))
             with steps("preprocess"):
                 path = self._preprocess(path, tmp)
+            prepared = onnx.load(str(path))
+            op_types, figures["ops"] = scope.choose_ops(options.ops, prepared, op_types_to_quantize())
             with steps("calibration"):
-                calibration = calibrate(
-                    path, tmp, open_samples, method=options.method, percentile=options.percentile,
-                    cuda="cuda" in self.context.providers, origin=self._origin(),
-                    progress=lambda used: self.context.progress("calibrating", used, options.samples))
+                calibration, trimmed = self._calibrate(path, tmp, open_samples, qc.input_specs(prepared), op_types)
                 figures["calibration_samples"] = calibration.samples
                 figures["method"] = options.method + (
                     f" ({options.percentile}%)" if options.method == "percentile" else "")
             with steps("quantization"):
-                prepared = onnx.load(str(path))
                 user_excluded = self._exclusions(prepared)
                 excluded = dict(user_excluded)
+                self._structural_exclusions(prepared, calibration, trimmed, op_types, excluded)
                 u8s8 = options.activations == "uint8" and options.weights == "int8"
                 reduce_range = choose_reduce_range(options.reduce_range, u8s8, self.report)
                 full_range: set[str] = set()  # weights that keep 8 bits under reduce_range
@@ -146,7 +159,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                     seven_bit = (len(considered - full_range), len(considered))
                     figures["reduce_range"] += "; {} of {} weights 7-bit".format(*seven_bit)
                 quantized = self._quantize_with_fallbacks(path, prepared, calibration, per_channel, reduce_range,
-                                                          excluded, full_range)
+                                                          excluded, full_range, op_types)
             if quantized is None:
                 return unchanged
             if options.bias_correction:
@@ -154,6 +167,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                     self._correct_bias(prepared, quantized, open_samples)
             with steps("quantization"):
                 figures["float_outputs"] = float_outputs(quantized, prepared, self.report)
+                quantized_names = {n.name for n in prepared.graph.node
+                                   if n.op_type in op_types and n.name not in excluded}
+                figures["float_readers"] = float_readers(quantized, quantized_names)
             library_kept = False
             if options.library_check and options.calib == "random":
                 figures["library_check"] = "not run: random calibration data (calib=random)"
@@ -161,9 +177,11 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                 with steps("library check"):
                     quantized, library_kept = library_check(
                         prepared, quantized, lambda: self._quantize(
-                            path, calibration.minmax, not force_per_tensor, user_excluded, {}, reduce_range=False),
+                            path, calibration.minmax, not force_per_tensor, user_excluded, {}, reduce_range=False,
+                            op_types=op_types, float_matmul_outputs=False),
                         calibration.probe, open_samples, self.report)
         qc.restore_model_fields(original, quantized)
+        qc.keep_value_info_of(original, quantized)
         if library_kept:  # plain quantize_static's model: only the user's exclusions, 8-bit weights
             excluded, seven_bit = user_excluded, (0, 0)
         self._report_result(quantized, excluded, seven_bit, per_channel)
@@ -192,6 +210,52 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         origin = self._origin()
         self.report.figures["calibration"] = origin
         return lambda: qc.iter_samples(self.context.calibration(), specs, origin, limit)
+
+    def _calibrate(self, path: Path, tmp: Path, open_samples, specs: list[qc.InputSpec],
+                   op_types: list[str]) -> tuple[Calibration, bool]:
+        """(the calibration, whether token samples lost their trailing padding). Where the cut
+        samples do not run (a length fixed inside the graph), calibrates on the full ones."""
+        options, figures = self.options, self.report.figures
+
+        def run(samples):
+            return calibrate(
+                path, tmp, samples, method=options.method, percentile=options.percentile,
+                cuda="cuda" in self.context.providers, origin=self._origin(), op_types=op_types,
+                progress=lambda used: self.context.progress("calibrating", used, options.samples))
+
+        if not options.trim_padding:
+            return run(open_samples), False
+        tokens = qc.RealTokens(open_samples, specs)
+        try:
+            calibration = run(tokens)
+        except InputError as exc:
+            if not tokens.cut:  # the samples as given failed: the user's data
+                raise
+            self.report.warn(f"calibration without the trailing padding failed ({exc}); calibrated on the padded samples")
+            return run(open_samples), False
+        if tokens.cut:
+            figures["calibration_tokens"] = (
+                f"trailing padding cut: {tokens.kept} of {tokens.positions} token positions calibrated "
+                f"({tokens.kept / tokens.positions:.0%})")
+        return calibration, tokens.cut
+
+    def _structural_exclusions(self, prepared: onnx.ModelProto, calibration: Calibration, trimmed: bool,
+                               op_types: list[str], excluded: dict[str, str]) -> None:
+        """Add the nodes that stay float whatever the user says: MatMuls of two activations
+        (under ops=linear), the attention mask's path (when calibration saw real tokens only),
+        and the nodes on sentinel tensors; the user's reasons come first."""
+        found: dict[str, str] = {}
+        if "MatMul" in op_types and set(op_types) <= set(scope.LINEAR_OPS):
+            found.update(scope.linear_exclusions(prepared))
+        if trimmed:
+            found.update(scope.mask_path_nodes(prepared, scope.mask_inputs(prepared), op_types))
+        found.update(scope.sentinel_nodes(prepared, calibration.sentinels, op_types))
+        for name, reason in found.items():
+            excluded.setdefault(name, reason)
+        if calibration.sentinels:
+            self.report.figures["sentinel_tensors"] = len(calibration.sentinels)
+        if calibration.softmax_inputs:
+            self.report.figures["softmax_windows"] = len(calibration.softmax_inputs)
 
     # ------------------------------------------------------------ model preparation
 
@@ -264,10 +328,11 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
 
     def _quantize_with_fallbacks(self, path: Path, prepared: onnx.ModelProto, calibration: Calibration,
                                  per_channel: bool, reduce_range: bool, excluded: dict[str, str],
-                                 full_range: set[str]) -> onnx.ModelProto | None:
+                                 full_range: set[str], op_types: list[str]) -> onnx.ModelProto | None:
         """Quantize, falling back per-tensor where per-channel fails; ``full_range``: Conv
         weights that keep 8 bits under ``reduce_range``."""
-        weight_nodes = [n for n in prepared.graph.node if n.op_type in WEIGHT_OPS and n.name not in excluded]
+        weight_nodes = [n for n in prepared.graph.node
+                        if n.op_type in WEIGHT_OPS and n.op_type in op_types and n.name not in excluded]
         initializers = {t.name for t in prepared.graph.initializer}
         attempts: list[tuple[bool, list]] = [(per_channel, [])]
         if per_channel:
@@ -286,7 +351,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                     entry["axis"] = 0  # a per-channel override must name its axis, else it is per-tensor
             try:
                 quantized = self._quantize(path, calibration.ranges, use_per_channel, excluded, overrides,
-                                           reduce_range)
+                                           reduce_range, op_types=op_types)
             except OnnxoptError:
                 raise
             except Exception as exc:  # the quantizer fails in many ways on unusual graphs
@@ -306,19 +371,23 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         return None
 
     def _quantize(self, path: Path, ranges, per_channel: bool, excluded: dict[str, str], overrides: dict,
-                  reduce_range: bool) -> onnx.ModelProto:
+                  reduce_range: bool, *, op_types: list[str], float_matmul_outputs: bool = True) -> onnx.ModelProto:
+        """onnxruntime's QDQ quantizer on the model at ``path``. ``float_matmul_outputs``: a
+        MatMul's output is quantized only where a quantized op reads it (else the library's way)."""
         from onnxruntime.quantization import QDQQuantizer, QuantType
         from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
 
         qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         extra = {"WeightSymmetric": True, "ActivationSymmetric": False}
+        if float_matmul_outputs:
+            extra["OpTypesToExcludeOutputQuantization"] = ["MatMul"]
         if overrides:
             extra["TensorQuantOverrides"] = overrides
         with qc.quiet("onnxruntime quantizer"), qc.contained(path.parent):
             model = load_model_with_shape_infer(path)
             quantizer = QDQQuantizer(
                 model, per_channel, reduce_range, qtype[self.options.weights], qtype[self.options.activations],
-                ranges, [], sorted(excluded), op_types_to_quantize(), extra,
+                ranges, [], sorted(excluded), op_types, extra,
             )
             quantizer.quantize_model()
             quantizer.model.topological_sort()

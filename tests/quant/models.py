@@ -121,3 +121,100 @@ def position_table_model(width: int = 16, table: int = 512) -> onnx.ModelProto:
     model = make_model(graph)
     onnx.checker.check_model(model)
     return model
+
+
+def attention_block(seed: int = 0, vocab: int = 200, width: int = 32, pad_scale: float = 1.0,
+                    mask_fill: float = float(np.finfo(np.float32).min)) -> onnx.ModelProto:
+    """A one-layer, one-head sentence encoder, as transformers export it (opset 17):
+    ``input_ids``, ``attention_mask`` [batch, seq] → embedding Gather → Q, K, V MatMuls with
+    biases → Q·Kᵀ / √width + (1 − mask)·``mask_fill`` → Softmax → ·V → output MatMul → residual
+    Add → LayerNormalization = ``tokens`` [batch, seq, width]; the mask-weighted mean of the
+    tokens = ``embedding`` [batch, width]. ``pad_scale`` scales the embedding of token 0 (the
+    padding id), so that padded positions can be made to dominate activation ranges."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=1.0):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    table = w(vocab, width)
+    table[0] *= pad_scale
+    inits = [numpy_helper.from_array(table, "table")]
+    for name in ("q", "k", "v", "o"):
+        inits += [numpy_helper.from_array(w(width, width, scale=width ** -0.5), f"w_{name}"),
+                  numpy_helper.from_array(w(width, scale=0.1), f"b_{name}")]
+    inits += [
+        numpy_helper.from_array(np.ones(width, np.float32) + w(width, scale=0.1), "gamma"),
+        numpy_helper.from_array(w(width, scale=0.1), "beta"),
+        numpy_helper.from_array(np.array(width ** 0.5, np.float32), "sqrt_d"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(mask_fill, np.float32), "fill"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([-1], np.int64), "last"),
+    ]
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["emb"], name="embedding")]
+    for name in ("q", "k", "v"):
+        nodes += [helper.make_node("MatMul", ["emb", f"w_{name}"], [f"{name}_mm"], name=f"{name}_proj"),
+                  helper.make_node("Add", [f"{name}_mm", f"b_{name}"], [name], name=f"{name}_bias")]
+    nodes += [
+        helper.make_node("Transpose", ["k"], ["kt"], name="k_transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+        helper.make_node("Div", ["scores", "sqrt_d"], ["scaled"], name="scale"),
+        helper.make_node("Cast", ["attention_mask"], ["maskf"], name="mask_cast", to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["maskf", "axis1"], ["mask_row"], name="mask_row"),
+        helper.make_node("Sub", ["one", "mask_row"], ["inverted"], name="mask_invert"),
+        helper.make_node("Mul", ["inverted", "fill"], ["mask_bias"], name="mask_bias"),
+        helper.make_node("Add", ["scaled", "mask_bias"], ["masked_scores"], name="mask_add"),
+        helper.make_node("Softmax", ["masked_scores"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "v"], ["context"], name="weighted"),
+        helper.make_node("MatMul", ["context", "w_o"], ["o_mm"], name="o_proj"),
+        helper.make_node("Add", ["o_mm", "b_o"], ["attended"], name="o_bias"),
+        helper.make_node("Add", ["attended", "emb"], ["residual"], name="residual"),
+        helper.make_node("LayerNormalization", ["residual", "gamma", "beta"], ["tokens"], name="norm", axis=-1),
+        helper.make_node("Unsqueeze", ["maskf", "last"], ["mask3"], name="mask_column"),
+        helper.make_node("Mul", ["tokens", "mask3"], ["kept"], name="pool_mask"),
+        helper.make_node("ReduceSum", ["kept", "axis1"], ["total"], name="pool_sum", keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], name="pool_count", keepdims=0),
+        helper.make_node("Div", ["total", "count"], ["embedding"], name="pool_mean"),
+    ]
+    graph = helper.make_graph(
+        nodes, "attention_block",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, ["batch", "sequence", width]),
+         helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", width])],
+        inits)
+    model = make_model(graph)
+    onnx.checker.check_model(model)
+    return model
+
+
+def token_batches(count: int = 4, batch: int = 8, seed: int = 1, length: int = 32, vocab: int = 200,
+                  shortest: int = 3, longest: int = 12):
+    """A calibration callable: ``count`` batches of ``batch`` right-padded token samples
+    (``shortest``..``longest`` real tokens of ids 1..vocab-1, then padding id 0, mask 0)."""
+
+    def batches():
+        rng = np.random.default_rng(seed)
+        for _ in range(count):
+            yield token_feeds(rng, batch, length, vocab, shortest, longest)
+
+    return batches
+
+
+def token_feeds(rng: np.random.Generator, batch: int, length: int = 32, vocab: int = 200, shortest: int = 3,
+                longest: int = 12) -> dict[str, np.ndarray]:
+    """One batch of right-padded token samples (see :func:`token_batches`)."""
+    ids = np.zeros((batch, length), np.int64)
+    mask = np.zeros((batch, length), np.int64)
+    for row in range(batch):
+        real = int(rng.integers(shortest, longest + 1))
+        ids[row, :real] = rng.integers(1, vocab, real)
+        mask[row, :real] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def real_token_cosine(reference: np.ndarray, candidate: np.ndarray, mask: np.ndarray) -> float:
+    """Worst cosine over the real tokens of two [batch, seq, dim] outputs."""
+    a = reference[mask != 0].astype(np.float64)
+    b = candidate[mask != 0].astype(np.float64)
+    return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))

@@ -253,10 +253,10 @@ def test_per_channel_failure_falls_back_per_layer(monkeypatch, host, vnni):
     host(hostcpu.IntegerKernels(x86=True, vnni=vnni))
     original = QuantizeStaticPass._quantize
 
-    def failing(self, path, ranges, per_channel, excluded, overrides, reduce_range):
+    def failing(self, path, ranges, per_channel, excluded, overrides, reduce_range, **keywords):
         if per_channel and "fc_w" not in overrides:
             raise ValueError("per-channel quantization failed on fc_w")
-        return original(self, path, ranges, per_channel, excluded, overrides, reduce_range)
+        return original(self, path, ranges, per_channel, excluded, overrides, reduce_range, **keywords)
 
     monkeypatch.setattr(QuantizeStaticPass, "_quantize", failing)
     quantized, report = run_int8(conv_stack(), context())
@@ -274,7 +274,7 @@ def test_per_channel_failure_falls_back_per_layer(monkeypatch, host, vnni):
 
 
 def test_quantizer_failure_skips_the_pass(monkeypatch):
-    def failing(self, *args):
+    def failing(self, *args, **keywords):
         raise RuntimeError("boom\nsecond line")
 
     monkeypatch.setattr(QuantizeStaticPass, "_quantize", failing)
