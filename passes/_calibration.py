@@ -76,6 +76,14 @@ class Calibration:
             return None
         return float(np.min(lowest))
 
+    def width(self, tensor: str) -> float | None:
+        """The calibrated range's width (highest − lowest) of ``tensor``, or None where
+        calibration has none."""
+        lowest = self.lowest(tensor)
+        if lowest is None:
+            return None
+        return float(np.max(self.ranges[tensor].range_value[1])) - lowest
+
 
 def calibrate(path: Path, tmp: Path, samples: Callable[[], Iterable[qc.Feeds]], *, method: str, percentile: float,
               cuda: bool, origin: str, progress: Callable[[int], None], op_types: list[str] | None = None) -> Calibration:

@@ -12,13 +12,14 @@ blurs, and onnxruntime's CPU provider has no integer LayerNormalization kernel, 
 quantizing them costs accuracy for nothing.
 
 Whatever the op types: :func:`mask_path_nodes` (nodes that read a tensor computed from the
-attention mask alone stay float when calibration saw only real tokens) and
-:func:`sentinel_nodes` (nodes that read or write a tensor with no 8-bit range).
+attention mask alone stay float when calibration saw only real tokens),
+:func:`sentinel_nodes` (nodes that read or write a tensor with no 8-bit range) and
+:func:`mixed_range_nodes` (a Concat of unlike ranges, and what carries its output on).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import onnx
 
@@ -134,4 +135,42 @@ def sentinel_nodes(proto: onnx.ModelProto, sentinels: dict[str, float], op_types
             name = touched[0]
             found[node.name] = (f"'{name}' reaches {sentinels[name]:.3g} in calibration (an attention mask's "
                                 "filler?): no 8-bit range holds it")
+    return found
+
+
+#: a Concat whose inputs' calibrated ranges differ more than this stays float: on its output's
+#: one 8-bit grid the narrowest input would keep fewer than 256 / 16 = 16 levels
+MIXED_RANGE_RATIO = 16.0
+#: ops that move values without computing: they carry a mixed tensor on, and quantizing one
+#: would put it on one grid again
+_DATA_MOVEMENT = frozenset({"Concat", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split",
+                            "Gather", "Identity", "Expand", "Tile"})
+
+
+def mixed_range_nodes(proto: onnx.ModelProto, width: Callable[[str], float | None],
+                      op_types: Iterable[str]) -> dict[str, str]:
+    """Node name -> reason, for a Concat whose inputs' calibrated ranges (``width``: highest −
+    lowest, None where unknown) differ more than :data:`MIXED_RANGE_RATIO` times, and for the
+    data-movement nodes that carry its output on; each only where its op type is quantized.
+
+    QDQ gives a Concat's output one scale for all its inputs: a detector head that joins box
+    offsets (a range of a few units) with object scores (0..0.02) rounds the scores to 0."""
+    wanted = set(op_types)
+    mixed: set[str] = set()
+    found: dict[str, str] = {}
+    for node in proto.graph.node:  # topological order
+        if node.op_type == "Concat":
+            widths = [width(i) for i in node.input if i]
+            if len(widths) > 1 and None not in widths and min(widths) > 0:
+                ratio = max(widths) / min(widths)
+                if ratio > MIXED_RANGE_RATIO:
+                    mixed.update(node.output)
+                    if node.op_type in wanted:
+                        found[node.name] = (f"joins inputs whose ranges differ {ratio:.0f}×: one 8-bit grid "
+                                            "would blur the narrow ones")
+                    continue
+        if node.op_type in _DATA_MOVEMENT and any(i in mixed for i in node.input):
+            mixed.update(node.output)
+            if node.op_type in wanted:
+                found[node.name] = "carries on the output of a Concat of unlike ranges"
     return found

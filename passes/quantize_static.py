@@ -36,6 +36,7 @@ from onnxopt.errors import InputError, OnnxoptError
 from onnxopt.passbase import OptimizerPass, option
 from onnxopt.registry import register
 from onnxopt.runtime import first_line
+from onnxopt.runtime.ir_version import clamp_ir_version
 
 from . import _int8_scope as scope
 from . import _quant_common as qc
@@ -243,13 +244,15 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                                op_types: list[str], excluded: dict[str, str]) -> None:
         """Add the nodes that stay float whatever the user says: MatMuls of two activations
         (under ops=linear), the attention mask's path (when calibration saw real tokens only),
-        and the nodes on sentinel tensors; the user's reasons come first."""
+        the nodes on sentinel tensors, and Concats of unlike ranges with what carries their
+        output on; the user's reasons come first."""
         found: dict[str, str] = {}
         if "MatMul" in op_types and set(op_types) <= set(scope.LINEAR_OPS):
             found.update(scope.linear_exclusions(prepared))
         if trimmed:
             found.update(scope.mask_path_nodes(prepared, scope.mask_inputs(prepared), op_types))
         found.update(scope.sentinel_nodes(prepared, calibration.sentinels, op_types))
+        found.update(scope.mixed_range_nodes(prepared, calibration.width, op_types))
         for name, reason in found.items():
             excluded.setdefault(name, reason)
         if calibration.sentinels:
@@ -282,6 +285,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         proto = ir.to_proto(work)
         qc.strip_initializer_value_info(proto)
         qc.restore_model_fields(original, proto)
+        clamp_ir_version(proto)  # the quantizer's files are loaded by this onnxruntime
         return proto, error is not None
 
     def _preprocess(self, path: Path, tmp: Path) -> Path:
