@@ -12,9 +12,9 @@ Objective: the mean over targets (changed layers' outputs, model outputs) of the
 per-channel-normalised MSE Σ_c mean((s_c − t_c)²) / (C · v_c), v_c the teacher's variance
 of channel c (:func:`~onnxopt.recover.scope.channel_axis`: axis 1 of feature maps, the last
 axis of [N, tokens, hidden] or [N, boxes, attributes]) plus 1e-3 × the channel mean: a weak
-channel counts as much as a strong one. Adam; batches split by index into training and held-out parts; the best weights
-by held-out loss (every ``eval_every`` steps) kept, stopping after ``patience`` evaluations
-without gain. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
+channel counts as much as a strong one. Adam; batches split by index into training and
+held-out parts; the best weights by held-out loss (every ``eval_every`` steps) kept,
+stopping after ``patience`` evaluations without gain. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
 weights, should the run not beat them) kept. Data streamed, one batch at a time. Guards
 return ``model=None`` with the reason: an op the engine lacks, a non-finite loss, no gain.
 """
