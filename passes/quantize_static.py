@@ -13,7 +13,8 @@ Steps: prepare (unique node names; opset ≥ 13, which per-channel ``DequantizeL
 initializer names that cannot collide with the quantizer's ``<tensor>_scale``); onnxruntime's
 ``quant_pre_process`` (retried without symbolic shape inference, then left out); the op types
 (:mod:`._int8_scope`); calibration; the nodes that stay float (``exclude=``, a MatMul of two
-activations under ``ops=linear``, the attention mask's path, sentinel tensors); the
+activations under ``ops=linear``, the attention mask's path, sentinel tensors, a Concat of
+unlike ranges and what carries its output on); the
 reduce-range policy (:mod:`._reduce_range`); QDQ quantization, falling back per layer from
 per-channel to per-tensor (Gemm/MatMul first, then every weight), checked to load and run a
 sample; bias correction (:mod:`._bias_correction`); float graph outputs
