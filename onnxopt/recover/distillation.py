@@ -310,7 +310,8 @@ class _Run:
             raise _Stop(f"held-out loss did not improve ({result.loss_before:.6g} -> {after:.6g}); {KEPT}")
         result.model = write_back(self.student, self.module.stored_values(weights))
         rescaled = rescale_biases(self.student, result.model)
-        result.written = [*result.trainable, *(n for n in _bias_scale_names(result.model, rescaled))]
+        result.written = list(dict.fromkeys([*result.trainable, *rescaled,
+                                             *_bias_scale_names(result.model, rescaled)]))
         if rescaled:
             result.notes.append(f"re-quantized {len(rescaled)} int32 biases at the trained scales")
 

@@ -175,3 +175,23 @@ def test_int8_then_recover_trains_the_scales_and_leaves_the_integers(pair):
     graph = GraphModule(result.model)({"x": torch.from_numpy(x)})["r2"].detach().numpy()
     assert relative_error(graph, run_ort(result.model, {"x": x})[0]) < 1e-4
     assert _fused_convs(result.model) == _fused_convs(student)  # biases followed the scales
+
+
+def test_the_pass_writes_every_initializer_recovery_changed():
+    """The pass copies the trained values into its model: the re-quantized int32 biases too,
+    not only the scales (a bias scale without its integers would add a wrong bias)."""
+    teacher, int8 = teacher_model(), "int8:library_check=false:bias_correction=false"
+    student, _ = onnxopt.optimize(teacher, int8, context=PassContext(calibration=correlated_batches()))
+    options = DistillOptions(steps=60, lr=1e-4, scale_lr=3e-3, patience=10)
+    outputs = [o for layer in changed_layers(student) for o in layer.outputs]
+    direct = distill(teacher, student, outputs, correlated_batches(), options)
+    assert direct.model is not None, direct.reason
+    rescaled = [n for n in ("B0_quantized", "B1_quantized", "B2_quantized")
+                if not np.array_equal(initializers(student)[n], initializers(direct.model)[n])]
+    assert rescaled and set(rescaled) <= set(direct.written)
+    model, report = onnxopt.optimize(teacher, f"{int8},recover:steps=60:lr=1e-4:scale_lr=3e-3:patience=10",
+                                     context=PassContext(calibration=correlated_batches()))
+    assert report.passes[1].modified, report.passes[1].skipped_reason
+    expected, got = initializers(direct.model), initializers(model)
+    assert all(np.array_equal(expected[k], got[k]) for k in expected), [
+        k for k in expected if not np.array_equal(expected[k], got[k])]
