@@ -267,7 +267,7 @@ def bench_model(key: str, spec: ModelSpec, quick: bool, decomposition: str | Non
     print(f"  {'pipeline':<{width}} {'vs FP32':>7} {'vs int8':>7} {fidelity_head:>19} {'pass s':>7}  recover held-out loss")
     for row in rows:
         print("  " + row_line(row, spec.detector, width))
-    recover_seconds = (recovered.recover or {}).get("seconds")
+    recover_seconds = (recovered.recover or {}).get("seconds") if method else None
     print(f"  ({time.perf_counter() - started:.0f} s for this model; recover {recover_seconds} s; "
           f"peak memory so far {peak_mib():.0f} MiB)", flush=True)
     return {"model": key, "method": method, "refitted": refitted, "rows": [row_dict(r) for r in rows], "seconds": time.perf_counter() - started}

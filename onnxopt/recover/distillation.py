@@ -13,8 +13,10 @@ per-channel-normalised MSE Σ_c mean((s_c − t_c)²) / (C · v_c), v_c the teac
 of channel c (:func:`~onnxopt.recover.scope.channel_axis`: axis 1 of feature maps, the last
 axis of [N, tokens, hidden] or [N, boxes, attributes]) plus 1e-3 × the channel mean: a weak
 channel counts as much as a strong one. Adam; batches split by index into training and
-held-out parts; the best weights by held-out loss (every ``eval_every`` steps) kept,
-stopping after ``patience`` evaluations without gain. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
+held-out parts; the training objective covers every target, but the held-out loss (the
+best weights kept, every ``eval_every`` steps; stopping after ``patience`` evaluations
+without gain; the final keep-or-discard check) is the objective at the model outputs
+alone, what the gate judges: matching the changed layers better can cost the outputs. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
 weights, should the run not beat them) kept. Data streamed, one batch at a time. Guards
 return ``model=None`` with the reason: an op the engine lacks, a non-finite loss, no gain.
 """
@@ -113,6 +115,10 @@ class _Run:
                                       if o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT)]
         self.targets = list(dict.fromkeys(n for n in wanted if n in teacher_values and n in student_values))
         self.student_names = [scopes.student_value(student, n) for n in self.targets]  # same order
+        graph_outputs = {o.name for o in student.graph.output}
+        # held-out loss, early stopping and the keep-or-discard check: at the model outputs
+        # (what the gate judges), where the targets include them
+        self.judged = [n for n in self.targets if n in graph_outputs] or list(self.targets)
         missing = sorted(set(changed_outputs) - set(self.targets))
         if missing:
             result.notes.append(f"not matched (absent from the teacher or the student): {', '.join(missing)}")
@@ -181,22 +187,25 @@ class _Run:
 
     # -- objective
 
-    def _loss(self, feeds: Feeds, teacher: dict[str, np.ndarray]) -> torch.Tensor:
+    def _loss(self, feeds: Feeds, teacher: dict[str, np.ndarray], targets: list[str] | None = None) -> torch.Tensor:
+        """The objective over ``targets`` (default: all)."""
+        pairs = [(n, s) for n, s in zip(self.targets, self.student_names) if targets is None or n in targets]
         # copies: feeds may be read-only views (memory-mapped .npy data), which torch must not wrap
         inputs = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
-        outputs = self.module(inputs, self.student_names)
+        outputs = self.module(inputs, [s for _, s in pairs])
         total = torch.zeros((), dtype=torch.float32)
-        for name, student_name in zip(self.targets, self.student_names):
+        for name, student_name in pairs:
             error = (outputs[student_name] - torch.from_numpy(np.asarray(teacher[name]))) ** 2
             per_channel = _channels_last(error, self.axes[name]).mean(0)
             total = total + (per_channel / self.variances[name]).mean()
-        return total / len(self.targets)
+        return total / len(pairs)
 
     def _held_out_loss(self) -> float:
+        """The objective on the held-out batches, at the judged targets (the model outputs)."""
         losses = []
         with torch.no_grad():
             for feeds, teacher in self._stream(True):
-                losses.append(float(self._loss(feeds, teacher)))
+                losses.append(float(self._loss(feeds, teacher, self.judged)))
         return float(np.mean(losses))
 
     # -- training

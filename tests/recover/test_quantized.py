@@ -163,7 +163,7 @@ def test_rescaled_biases_keep_the_layers_fused_into_integer_kernels(pair):
 def test_int8_then_recover_trains_the_scales_and_leaves_the_integers(pair):
     teacher, student = pair
     outputs = [o for layer in changed_layers(student) for o in layer.outputs]
-    result = distill(teacher, student, outputs, correlated_batches(),
+    result = distill(teacher, student, outputs, correlated_batches(32),
                      DistillOptions(steps=60, lr=1e-4, scale_lr=3e-3, patience=10))
     assert result.model is not None, result.reason
     assert result.loss_after < result.loss_before
@@ -181,16 +181,16 @@ def test_the_pass_writes_every_initializer_recovery_changed():
     """The pass copies the trained values into its model: the re-quantized int32 biases too,
     not only the scales (a bias scale without its integers would add a wrong bias)."""
     teacher, int8 = teacher_model(), "int8:library_check=false:bias_correction=false"
-    student, _ = onnxopt.optimize(teacher, int8, context=PassContext(calibration=correlated_batches()))
+    student, _ = onnxopt.optimize(teacher, int8, context=PassContext(calibration=correlated_batches(32)))
     options = DistillOptions(steps=60, lr=1e-4, scale_lr=3e-3, patience=10)
     outputs = [o for layer in changed_layers(student) for o in layer.outputs]
-    direct = distill(teacher, student, outputs, correlated_batches(), options)
+    direct = distill(teacher, student, outputs, correlated_batches(32), options)
     assert direct.model is not None, direct.reason
     rescaled = [n for n in ("B0_quantized", "B1_quantized", "B2_quantized")
                 if not np.array_equal(initializers(student)[n], initializers(direct.model)[n])]
     assert rescaled and set(rescaled) <= set(direct.written)
     model, report = onnxopt.optimize(teacher, f"{int8},recover:steps=60:lr=1e-4:scale_lr=3e-3:patience=10",
-                                     context=PassContext(calibration=correlated_batches()))
+                                     context=PassContext(calibration=correlated_batches(32)))
     assert report.passes[1].modified, report.passes[1].skipped_reason
     expected, got = initializers(direct.model), initializers(model)
     assert all(np.array_equal(expected[k], got[k]) for k in expected), [
