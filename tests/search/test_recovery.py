@@ -77,7 +77,7 @@ def fake_distill(calls: list):
                 tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(1.01), tensor.name))
                 names.append(tensor.name)
         return types.SimpleNamespace(model=trained, loss_before=1.0, loss_after=0.5, steps=options.steps, lr=1e-4,
-                                     seconds=0.01, trainable=names, targets=list(changed_outputs), lr_trials={},
+                                     seconds=0.01, trainable=names, written=names, targets=list(changed_outputs), lr_trials={},
                                      notes=[], reason=None)
 
     return distill
