@@ -29,17 +29,23 @@ import onnx
 FOLDED_ACTIVATIONS = ("Relu", "Clip")
 
 
-def float_outputs(proto: onnx.ModelProto, float_proto: onnx.ModelProto, report=None) -> int:
-    """Make ``proto``'s graph outputs float where the rules above allow (``float_proto``: the
-    model the quantizer saw); returns how many floating-point outputs are float now (made
-    so, or never quantized). Outputs whose pair stays are listed in
-    ``report.figures["quantized_outputs"]``."""
+def _index(proto: onnx.ModelProto):
+    """(the nodes, value -> the node producing it, value -> the nodes reading it)."""
     nodes = list(proto.graph.node)
     producers = {o: n for n in nodes for o in n.output}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
         for name in node.input:
             readers.setdefault(name, []).append(node)
+    return nodes, producers, readers
+
+
+def float_outputs(proto: onnx.ModelProto, float_proto: onnx.ModelProto, report=None) -> int:
+    """Make ``proto``'s graph outputs float where the rules above allow (``float_proto``: the
+    model the quantizer saw); returns how many floating-point outputs are float now (made
+    so, or never quantized). Outputs whose pair stays are listed in
+    ``report.figures["quantized_outputs"]``."""
+    nodes, producers, readers = _index(proto)
     float_producers = {o: n for n in float_proto.graph.node for o in n.output}
     outputs = [o.name for o in proto.graph.output]
     taken = {v for n in nodes for v in (*n.input, *n.output)} | {t.name for t in proto.graph.initializer}
@@ -133,12 +139,7 @@ def float_readers(proto: onnx.ModelProto, quantized: set[str]) -> int:
     """Give the float readers of ``x → Q → DQ`` the tensor ``x`` where a float node (or the
     graph's input) produced ``x``; ``quantized``: the names of the nodes the quantizer
     quantized. A pair left without readers is removed. Returns how many inputs were rewired."""
-    nodes = list(proto.graph.node)
-    producers = {o: n for n in nodes for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in nodes:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    nodes, producers, readers = _index(proto)
     outputs = {o.name for o in proto.graph.output}
     rewired = 0
     for q in nodes:
