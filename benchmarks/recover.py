@@ -87,7 +87,7 @@ MODELS = {
     "resnet56": ModelSpec("resnet56_cifar10.onnx", f"resize=32 crop=32 {TORCH}", False, "tucker:energy=0.9",
                           n_calib=100, n_eval=400, batch=5, steps=120, time_budget=120, runs=100,
                           int8_budget=120, int8_after=False),
-    "resnet50_half": ModelSpec("resnet50_half_open_nsfw_opset9.onnx", "caffe", False, "tucker:speedup=3",
+    "resnet50_half": ModelSpec("resnet50_half_open_nsfw_opset9.onnx", "caffe", False, "tucker:speedup=6,svd:speedup=3",
                                n_calib=64, n_eval=100, batch=4, steps=120, time_budget=180, runs=20,
                                int8_budget=180, int8_after=True),
     "mobilenet_v2": ModelSpec("mobilenet_v2_imagenet.onnx", f"resize=256 crop=224 {TORCH}", False, None,
