@@ -322,6 +322,17 @@ def _show(row: dict | None, what: str, measure, against: str = "speed") -> str:
     return f"{row[against]:.2f}× at {what} {measure(row):.5f}{unchanged(row)}"
 
 
+def stacked_on_int8(refitted: str) -> list[str]:
+    """The rows that stack a recovered decomposition under int8 (and recover again)."""
+    return [f"{refitted},recover,int8", f"{refitted},recover,int8,recover"]
+
+
+def meets(rows: dict, labels: list[str], speed_vs_int8: float, measure, fidelity: float) -> bool:
+    """Whether one of ``labels`` runs ``speed_vs_int8`` times INT8 alone at ``fidelity`` or better."""
+    return any(_ok(r) and r["speed_vs_int8"] >= speed_vs_int8 and measure(r) >= fidelity
+               for r in map(rows.get, labels))
+
+
 def targets(results: list[dict]) -> None:
     print("\n## targets (issue 14)")
     by_model = {r["model"]: r for r in results}
@@ -343,8 +354,8 @@ def targets(results: list[dict]) -> None:
         print(f"- yolo_style_det: decomposition + recover ≥ 2.0× vs FP32 at worst-channel cosine ≥ 0.99: "
               f"{verdict(ok)} — {refitted},recover {_show(rec, 'worst-channel cosine', worst_channel)}; "
               f"refit only {_show(rows.get(f'{refitted}'), 'worst-channel cosine', worst_channel)}")
-        labels8 = [f"{refitted},recover,int8", f"{refitted},recover,int8,recover"]
-        ok8 = any(_ok(r) and r["speed_vs_int8"] >= 1.3 and worst_channel(r) >= 0.98 for r in map(rows.get, labels8))
+        labels8 = stacked_on_int8(refitted)
+        ok8 = meets(rows, labels8, 1.3, worst_channel, 0.98)
         print(f"- yolo_style_det: + INT8 ≥ 1.3× vs INT8 alone at worst-channel cosine ≥ 0.98: {verdict(ok8)} — "
               + "; ".join(f"{label} {_show(rows.get(label), 'worst-channel cosine', worst_channel, 'speed_vs_int8')}"
                           for label in labels8)
@@ -353,8 +364,8 @@ def targets(results: list[dict]) -> None:
     half = by_model.get("resnet50_half")
     if half:
         rows, refitted = {r["label"]: r for r in half["rows"]}, half["refitted"]
-        labels8 = [f"{refitted},recover,int8", f"{refitted},recover,int8,recover"]
-        ok = any(_ok(r) and r["speed_vs_int8"] >= 1.2 and cosine(r) >= 0.999 for r in map(rows.get, labels8))
+        labels8 = stacked_on_int8(refitted)
+        ok = meets(rows, labels8, 1.2, cosine, 0.999)
         print(f"- resnet50_half: decomposition + recover + INT8 ≥ 1.2× vs INT8 alone at mean cosine ≥ 0.999: "
               f"{verdict(ok)} — " + "; ".join(f"{label} {_show(rows.get(label), 'mean cosine', cosine, 'speed_vs_int8')}"
                                                for label in labels8)

@@ -432,8 +432,8 @@ def keep_value_info_of(original: onnx.ModelProto, converted: onnx.ModelProto) ->
 
     Shapes inferred while preparing a model (``quant_pre_process``) let onnxruntime apply
     fusions to the float parts that it cannot apply to the original, where sequence
-    dimensions are symbolic: SkipLayerNormalization, whose CPU kernel ran 3.5x slower than
-    the Add + LayerNormalization it replaced on a sentence-transformer."""
+    dimensions are symbolic, such as SkipLayerNormalization, which was slower than the Add +
+    LayerNormalization it replaced on a sentence-transformer (benchmarks/RESULTS.md)."""
     keep = {v.name for v in original.graph.value_info}
     kept = [v for v in converted.graph.value_info if v.name in keep]
     dropped = len(converted.graph.value_info) - len(kept)

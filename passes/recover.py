@@ -39,8 +39,8 @@ class RecoverOptions:
         "changed", "changed: train the weights of the layers earlier passes decomposed or quantized; "
         "all: every weight")
     quantized: Literal["scales", "all"] = option(
-        "scales", "after int8: train the quantization scales (few values: learns from ~100 samples), or all: "
-        "also the integer weights and biases (more values: over-fits on few samples)")
+        "scales", "after int8: train the quantization scales (few values), or all: also the integer weights and "
+        "biases (many more values: they over-fit a small calibration set)")
     scale_lr: float = option(3e-3, "learning rate of the quantization scales, as a relative change per step")
     holdout: float = option(0.2, "share of the calibration batches held out for early stopping and the check")
     patience: int = option(3, "held-out evaluations without improvement before stopping")
