@@ -18,7 +18,10 @@ FP32, the decomposition plain, with ``refit``, with ``refit,recover`` (not for
 ``mobilenet_v2``: INT8 rows only); ``int8`` alone, ``int8,recover`` (recover after int8
 trains the quantization scales) and ``int8,recover:quantized=all`` (also the integer
 weights and biases); for ``yolo_style_det`` and ``resnet50_half`` also ``refit,int8``,
-``refit,recover,int8`` and ``refit,recover,int8,recover``.
+``refit,recover,int8`` and ``refit,recover,int8,recover``; for ``resnet56`` and
+``mobilenet_v2`` (the INT8 accuracy targets) also ``int8:keep_float=K`` (``--keep-float``,
+default 2: the K activations whose rounding costs most stay float) and it followed by
+``recover``.
 Each model is built from the row before it in its chain (``recover`` gets the FP32 model as
 its teacher, as the pipeline hands it over; ``int8`` calibrates on the same photos), which
 is what one pipeline computes; ``pass s`` adds up the chain's pass times.
@@ -78,6 +81,7 @@ class ModelSpec:
     int8_budget: float  # recover seconds after int8 (quantized layers, fake quantization)
     int8_after: bool  # also the decomposition rows followed by int8 (and recover)
     labels: bool = False  # ImageNet classifier: top-1 against the photos' labels too
+    keep_float: bool = False  # also int8:keep_float=K rows (INT8 accuracy targets), K from --keep-float
 
 
 MODELS = {
@@ -86,13 +90,13 @@ MODELS = {
                                 runs=20, int8_budget=150, int8_after=True),
     "resnet56": ModelSpec("resnet56_cifar10.onnx", f"resize=32 crop=32 {TORCH}", False, "tucker:energy=0.9",
                           n_calib=100, n_eval=400, batch=5, steps=120, time_budget=120, runs=100,
-                          int8_budget=120, int8_after=False),
+                          int8_budget=120, int8_after=False, keep_float=True),
     "resnet50_half": ModelSpec("resnet50_half_open_nsfw_opset9.onnx", "caffe", False, "tucker:speedup=6,svd:speedup=3",
                                n_calib=64, n_eval=100, batch=4, steps=120, time_budget=180, runs=20,
                                int8_budget=180, int8_after=True),
     "mobilenet_v2": ModelSpec("mobilenet_v2_imagenet.onnx", f"resize=256 crop=224 {TORCH}", False, None,
                               n_calib=100, n_eval=400, batch=4, steps=120, time_budget=180, runs=40,
-                              int8_budget=240, int8_after=False, labels=True),
+                              int8_budget=240, int8_after=False, labels=True, keep_float=True),
 }
 
 
@@ -216,7 +220,8 @@ def with_refit(method: str) -> str:
     return ",".join(f"{step}:refit" for step in method.split(","))
 
 
-def bench_model(key: str, spec: ModelSpec, quick: bool, decomposition: str | None, int8_budget: float | None) -> dict:
+def bench_model(key: str, spec: ModelSpec, quick: bool, decomposition: str | None, int8_budget: float | None,
+                keep_float: int) -> dict:
     started = time.perf_counter()
     if quick:
         spec.n_calib, spec.n_eval, spec.steps, spec.time_budget, spec.int8_budget, spec.runs = 6, 4, 4, 30, 30, 3
@@ -241,6 +246,9 @@ def bench_model(key: str, spec: ModelSpec, quick: bool, decomposition: str | Non
     int8 = chain.step(base, "int8", "int8")
     rows += [int8, chain.step(int8, recover_int8, "int8,recover"),
              chain.step(int8, f"{recover_int8}:quantized=all", "int8,recover:quantized=all")]
+    if spec.keep_float and keep_float:
+        mixed = chain.step(base, f"int8:keep_float={keep_float}", f"int8:keep_float={keep_float}")
+        rows += [mixed, chain.step(mixed, recover_int8, f"int8:keep_float={keep_float},recover")]
     if method and spec.int8_after:
         recovered_int8 = chain.step(recovered, "int8", f"{refitted},recover,int8")
         rows += [chain.step(refit, "int8", f"{refitted},int8"), recovered_int8,
@@ -312,6 +320,12 @@ def verdict(ok: bool) -> str:
 INT8_RECOVERED = ("int8,recover", "int8,recover:quantized=all")
 
 
+def int8_recovered(rows: dict) -> list[str]:
+    """The INT8 + recover rows of a model: INT8_RECOVERED and the keep_float one, if run."""
+    return [*INT8_RECOVERED, *(label for label in rows if label.startswith("int8:keep_float=") and
+                               label.endswith(",recover"))]
+
+
 def _ok(row: dict | None) -> bool:
     return bool(row) and not row["failed"] and row["speed"] is not None
 
@@ -374,10 +388,11 @@ def targets(results: list[dict]) -> None:
     resnet = by_model.get("resnet56")
     if resnet:
         rows, refitted = {r["label"]: r for r in resnet["rows"]}, resnet["refitted"]
+        recovered = int8_recovered(rows)
         ok = any(_ok(r) and not unchanged(r) and agreement(r) >= 0.97 and r["speed"] >= 2.0
-                 for r in map(rows.get, INT8_RECOVERED))
+                 for r in map(rows.get, recovered))
         print(f"- resnet56: INT8 + recover ≥ 0.97 agreement at ≥ 2×: {verdict(ok)} — "
-              + "; ".join(f"{label} {_show(rows.get(label), 'agreement', agreement)}" for label in INT8_RECOVERED)
+              + "; ".join(f"{label} {_show(rows.get(label), 'agreement', agreement)}" for label in recovered)
               + f"; int8 alone {_show(rows.get('int8'), 'agreement', agreement)}")
         rec = rows.get(f"{refitted},recover")
         print(f"- resnet56: decomposition + recover agreement (the prototype reached 0.876): "
@@ -392,9 +407,10 @@ def targets(results: list[dict]) -> None:
         def top1(r):
             return r["metrics"].get("top1")
 
-        ok = any(_ok(r) and not unchanged(r) and top1(r) >= fp32 - 0.0025 for r in map(rows.get, INT8_RECOVERED))
+        recovered = int8_recovered(rows)
+        ok = any(_ok(r) and not unchanged(r) and top1(r) >= fp32 - 0.0025 for r in map(rows.get, recovered))
         print(f"- mobilenet_v2: INT8 + recover top-1 within 0.25 point of FP32 ({fp32:.4f}): {verdict(ok)} — "
-              + "; ".join(f"{label} {_show(rows.get(label), 'top-1', top1)}" for label in INT8_RECOVERED)
+              + "; ".join(f"{label} {_show(rows.get(label), 'top-1', top1)}" for label in recovered)
               + f"; int8 alone {_show(rows.get('int8'), 'top-1', top1)}")
         frontier(mobile, "top-1", top1)
     for result in results:  # every recover run: the rows whose last pass is recover
@@ -436,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="another decomposition for a model, e.g. yolo_style_det=tucker:speedup=4")
     parser.add_argument("--int8-budget", type=float, metavar="SECONDS",
                         help="recover's time budget after int8, every model (default: per model, 120–240)")
+    parser.add_argument("--keep-float", type=int, default=2, metavar="K",
+                        help="resnet56 and mobilenet_v2 (the INT8 accuracy targets) also get int8:keep_float=K rows, "
+                             "with and without recover (default 2; 0: none)")
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
@@ -460,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
           "latency on 1 intra-op thread, batch 1, interleaved (median); passes and evaluation on the default threads"
           + ("; QUICK smoke run: figures meaningless" if args.quick else ""))
     started = time.perf_counter()
-    results = [bench_model(key, MODELS[key], args.quick, overrides.get(key), args.int8_budget) for key in keys]
+    results = [bench_model(key, MODELS[key], args.quick, overrides.get(key), args.int8_budget, args.keep_float)
+               for key in keys]
     targets(results)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:

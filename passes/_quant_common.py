@@ -30,6 +30,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxopt import irutil
+from onnxopt.analysis import node_costs
 from onnxopt.analysis.inputs import attention_mask, random_feeds
 from onnxopt.errors import InputError
 from onnxopt.runtime import create_session, first_line
@@ -476,3 +477,17 @@ class StepClock:
 
     def rounded(self) -> dict[str, float]:
         return {step: round(seconds, 2) for step, seconds in self.seconds.items()}
+
+
+def mac_shares(prepared: onnx.ModelProto, probe: Feeds) -> dict[str, float]:
+    """Node name -> its share of the model's MACs at the shapes of ``probe`` (a sample's feeds);
+    empty where shape inference fails on the graph."""
+    shapes = {name: tuple(value.shape) for name, value in probe.items()}
+    try:
+        costs = node_costs(prepared, shapes)
+    except Exception:  # shape inference fails on unusual graphs
+        return {}
+    total = sum(c.macs or 0 for c in costs.values())
+    if total <= 0:
+        return {}
+    return {name: c.macs / total for name, c in costs.items() if c.macs}

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import onnx
 
-from onnxopt.analysis import attribute, node_costs
+from onnxopt.analysis import attribute
 from onnxopt.runtime import cpu as hostcpu
 
+from . import _quant_common as qc
 from ._calibration import Calibration
 
 #: Keep a conv's weights at 8 bits when at most this share of its (non-negative) input lies
@@ -81,7 +82,7 @@ def float_stems(prepared: onnx.ModelProto, calibration: Calibration, excluded: d
         if group != 1 or not _reads_graph_input(prepared, node.input[0]) or _small_codes(calibration, node.input[0]):
             continue
         if macs is None:
-            macs = _mac_shares(prepared, calibration)
+            macs = qc.mac_shares(prepared, calibration.probe)
         share = macs.get(node.name)
         if share is not None and share <= STEM_MAC_SHARE:
             stems[node.name] = (f"image stem ({shape[1]} input channels, {share:.1%} of the MACs) left in float: "
@@ -117,19 +118,6 @@ def _small_codes(calibration: Calibration, tensor: str) -> bool:
     lowest = calibration.lowest(tensor)
     upper = calibration.upper_shares.get(tensor)
     return lowest is not None and lowest >= 0.0 and upper is not None and upper <= UPPER_SHARE_8_BITS
-
-
-def _mac_shares(prepared: onnx.ModelProto, calibration: Calibration) -> dict[str, float]:
-    """Node name -> its share of the model's MACs at the calibration sample's shapes."""
-    shapes = {name: tuple(value.shape) for name, value in calibration.probe.items()}
-    try:
-        costs = node_costs(prepared, shapes)
-    except Exception:  # shape inference fails on unusual graphs: no stem is left in float
-        return {}
-    total = sum(c.macs or 0 for c in costs.values())
-    if total <= 0:
-        return {}
-    return {name: c.macs / total for name, c in costs.items() if c.macs}
 
 
 def _reads_graph_input(proto: onnx.ModelProto, tensor: str) -> bool:

@@ -19,12 +19,14 @@ reduce-range policy (:mod:`._reduce_range`); QDQ quantization, falling back per 
 per-channel to per-tensor (Gemm/MatMul first, then every weight), checked to load and run a
 sample; bias correction (:mod:`._bias_correction`); float graph outputs
 (:mod:`._float_outputs`); the check against plain ``quantize_static`` (:mod:`._library_check`);
+``keep_float=N``, the measured float fallback (:mod:`._float_fallback`);
 the input's value_info only (``qc.keep_value_info_of``). Every file onnxruntime writes lands
 in a private folder, its working directory meanwhile.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +44,10 @@ from onnxopt.runtime.ir_version import clamp_ir_version
 from . import _int8_scope as scope
 from . import _quant_common as qc
 from ._calibration import Calibration, calibrate, op_types_to_quantize
+from ._float_fallback import keep_sensitive_float
 from ._float_outputs import float_outputs, float_readers
 from ._library_check import library_check
+from ._output_similarity import FloatReference
 from ._reduce_range import WEIGHT_OPS, choose_reduce_range, float_stems, weights_kept_at_8_bits
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,8 @@ logger = logging.getLogger(__name__)
 #: Per-channel ``DequantizeLinear`` (the ``axis`` attribute) needs opset 13.
 _MIN_OPSET = 13
 _PER_TENSOR_FIRST = ("Gemm", "MatMul")  # per-channel falls back on these op types first
+#: keep_float scores its candidates on this many calibration samples
+FALLBACK_SAMPLES = 32
 
 
 @dataclass(frozen=True)
@@ -83,10 +89,16 @@ class QuantizeStaticOptions:
     library_check: bool = option(
         True, "compare the result with plain onnxruntime quantize_static (per-channel MinMax) on a few calibration "
         "samples and keep the better model (the same op types, see ops)")
+    keep_float: int = option(
+        0, "leave in float up to N activations whose 8-bit rounding costs most at the outputs, measured one by one "
+        "on calibration samples and kept only where they help; their producers and readers then run in float "
+        "(the report names them, with their share of the MACs)")
 
     def __post_init__(self):
         if self.samples < 1:
             raise ValueError("samples must be at least 1")
+        if self.keep_float < 0:
+            raise ValueError("keep_float must be at least 0")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError("percentile must be in (0, 100]")
         if self.activations == "int8" and self.weights == "uint8":
@@ -182,6 +194,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                             path, calibration.minmax, not force_per_tensor, user_excluded, {}, reduce_range=False,
                             op_types=op_types, float_matmul_outputs=False),
                         calibration.probe, open_samples, self.report)
+            if options.keep_float:
+                with steps("float fallback"):
+                    quantized = self._keep_float(prepared, quantized, calibration.probe, open_samples)
         qc.restore_model_fields(original, quantized)
         qc.keep_value_info_of(original, quantized)
         if library_kept:  # plain quantize_static's model: only the user's exclusions, 8-bit weights
@@ -420,6 +435,24 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             f"{result.samples} samples")
 
     # ------------------------------------------------------------ report
+
+    def _keep_float(self, prepared: onnx.ModelProto, quantized: onnx.ModelProto, probe: qc.Feeds,
+                    open_samples) -> onnx.ModelProto:
+        """``keep_float=N`` (:mod:`._float_fallback`), scored on the first calibration samples."""
+        feeds = list(itertools.islice(open_samples(), FALLBACK_SAMPLES))
+        reference = FloatReference(prepared, feeds, self.report.validate_with)
+        result, fallback = keep_sensitive_float(
+            reference, quantized, self.options.keep_float,
+            lambda done, total: self.context.progress("float fallback", done, total))
+        shares = qc.mac_shares(prepared, probe)
+        share = sum(shares.get(name, 0.0) for name in fallback.float_nodes)
+        kept = ", ".join(fallback.kept) or "none"
+        self.report.figures["keep_float"] = (
+            f"{len(fallback.kept)} of {fallback.candidates} activations kept float ({kept}); "
+            f"{len(fallback.float_nodes)} ops reading or writing them run in float ({share:.1%} of the MACs); "
+            f"output error (squared, relative to the outputs' spread) on {len(feeds)} calibration samples "
+            f"{fallback.before:.3g} -> {fallback.after:.3g}")
+        return result
 
     def _report_result(self, quantized: onnx.ModelProto, excluded: dict[str, str], seven_bit: tuple[int, int],
                        per_channel: bool) -> None:

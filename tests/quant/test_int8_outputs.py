@@ -13,6 +13,7 @@ import pytest
 from onnxopt.errors import InputError
 from onnxopt.passbase import PassContext
 from onnxopt.passes import _library_check as lc
+from onnxopt.passes import _output_similarity as similarity
 from onnxopt.passes.quantize_static import QuantizeStaticPass
 from tests.helpers import make_model, run_ort
 from tests.quant.models import conv_stack, cosine, feature_and_head, image_batches, position_table_model
@@ -116,13 +117,13 @@ def test_library_check_can_be_turned_off():
 
 def test_similarity_measures_mean_and_worst_channel_correlation():
     reference = [np.stack([np.linspace(0, 1, 64).reshape(1, 8, 8), np.linspace(1, 0, 64).reshape(1, 8, 8)], 1)]
-    same = lc.output_similarity(reference, reference)
+    same = similarity.output_similarity(reference, reference)
     assert same == (pytest.approx(1.0), pytest.approx(1.0))
     flipped = [reference[0] * np.array([1.0, -1.0]).reshape(1, 2, 1, 1)]  # channel 1 inverted
-    mean, worst = lc.output_similarity(reference, flipped)
+    mean, worst = similarity.output_similarity(reference, flipped)
     assert worst == pytest.approx(-1.0) and mean < 0.5
-    assert lc.channel_axis((1, 3549, 6)) == 2 and lc.channel_axis((1, 2, 64, 64)) == 1
-    assert lc.channel_axis((4, 10)) is None
+    assert similarity.channel_axis((1, 3549, 6)) == 2 and similarity.channel_axis((1, 2, 64, 64)) == 1
+    assert similarity.channel_axis((4, 10)) is None
 
 
 # ---------------------------------------------------------------- temporary files
@@ -182,5 +183,5 @@ def test_report_says_how_long_each_step_took():
     ((0.99, 0.95), (0.95, 0.96), False),
 ])
 def test_which_model_the_library_check_keeps(ours, theirs, library):
-    assert lc.library_is_better(lc.Similarity(*ours), lc.Similarity(*theirs)) is library
+    assert lc.library_is_better(similarity.Similarity(*ours), similarity.Similarity(*theirs)) is library
 

@@ -21,7 +21,7 @@ import onnxopt
 from onnxopt.passbase import PassContext
 from onnxopt.passes import _calibration, _int8_scope
 from onnxopt.passes import _quant_common as qc
-from onnxopt.passes._library_check import real_tokens
+from onnxopt.passes._output_similarity import real_tokens
 from tests.helpers import run_ort
 from tests.quant.models import (
     attention_block,

@@ -1,0 +1,127 @@
+"""``keep_float=N``: leave in float the activations whose 8-bit rounding costs most at the outputs.
+
+In a QDQ model each quantized activation ``t`` is ``DequantizeLinear(QuantizeLinear(t))``.
+Keeping ``t`` in float removes that pair: its readers read ``t`` itself. onnxruntime then
+runs ``t``'s producer and readers as float ops (it fuses ``DQ → op → Q`` into an integer
+kernel only where all of them are there), with their weights still rounded to 8 bits.
+
+Sensitivity is measured, not guessed: each activation's pair is removed alone and the model
+is scored against the float model on calibration samples: the squared error of the outputs
+relative to their spread (:meth:`._output_similarity.FloatReference.relative_error`). The candidates are then
+taken most helpful first, each kept only where the model with it (and the ones kept
+before it) has a smaller error than without — the gains of single removals do not add up
+(rounding errors partly cancel) — until ``N`` are kept. Which activations matter depends
+on the model: the normalized image that the stem reads (its uint8 grid does not line up
+with the photo's pixel grid), a residual stream without ReLU, a detector head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+
+from ._output_similarity import FloatReference
+
+#: Q/DQ op types (onnxruntime's quantizer writes the default domain; older models the contrib one).
+_QUANTIZE = "QuantizeLinear"
+_DEQUANTIZE = "DequantizeLinear"
+
+
+@dataclass
+class Fallback:
+    """What ``keep_float`` did: the activations kept float, with the output error before and after."""
+
+    kept: list[str] = field(default_factory=list)  # activation tensor names, most helpful first
+    before: float = 0.0  # relative output error on the calibration samples
+    after: float = 0.0
+    candidates: int = 0
+    float_nodes: list[str] = field(default_factory=list)  # producers and readers now running in float
+
+
+def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Activation tensor name -> its QuantizeLinear, for every activation (not a stored
+    weight) that is quantized and whose dequantized copies are not graph outputs."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    dequantized = {}  # a QuantizeLinear's output -> the DequantizeLinear nodes reading it
+    for node in model.graph.node:
+        if node.op_type == _DEQUANTIZE:
+            dequantized.setdefault(node.input[0], []).append(node)
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != _QUANTIZE or node.input[0] in constants:
+            continue
+        readers = dequantized.get(node.output[0], [])
+        if readers and not any(dq.output[0] in outputs for dq in readers):
+            found.setdefault(node.input[0], node)
+    return found
+
+
+def without_rounding(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
+    """A copy of ``model`` where ``tensors`` are read in float: their QuantizeLinear →
+    DequantizeLinear pairs removed, the readers of the dequantized copies reading the tensor."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == _QUANTIZE and n.input[0] in tensors}
+    replaced = {n.output[0]: quantized[n.input[0]] for n in graph.node
+                if n.op_type == _DEQUANTIZE and n.input[0] in quantized}
+    # a QuantizeLinear whose output also feeds something else than a DequantizeLinear stays
+    other_readers = {i for n in graph.node if n.op_type != _DEQUANTIZE for i in n.input}
+    dropped_q = {out for out in quantized if out not in other_readers}
+    kept = []
+    for node in graph.node:
+        if node.op_type == _DEQUANTIZE and node.output[0] in replaced:
+            continue
+        if node.op_type == _QUANTIZE and node.output[0] in dropped_q:
+            continue
+        for k, name in enumerate(node.input):
+            if name in replaced:
+                node.input[k] = replaced[name]
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    return copy
+
+
+def float_nodes(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
+    """The producers and readers (other than Q/DQ) of ``tensors`` in ``model``: the ops that
+    run in float once those tensors are."""
+    names = []
+    for node in model.graph.node:
+        if node.op_type in (_QUANTIZE, _DEQUANTIZE):
+            continue
+        if tensors & set(node.output) or tensors & set(node.input):
+            names.append(node.name)
+    return names
+
+
+def keep_sensitive_float(reference: FloatReference, quantized: onnx.ModelProto, count: int,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[onnx.ModelProto, Fallback]:
+    """(the model with up to ``count`` activations kept float, what was done). Scores each
+    activation's removal alone, then keeps the helpful ones greedily (see the module)."""
+    candidates = sorted(activation_quantizers(quantized))
+    result = Fallback(candidates=len(candidates))
+    result.before = result.after = reference.relative_error(quantized)
+    if count < 1 or not candidates:
+        return quantized, result
+    gains = []
+    for done, tensor in enumerate(candidates):
+        error = reference.relative_error(without_rounding(quantized, {tensor}))
+        gains.append((result.before - error, tensor))
+        if progress is not None:
+            progress(done + 1, len(candidates))
+    best = quantized
+    for gain, tensor in sorted(gains, key=lambda g: (-g[0], g[1])):
+        if len(result.kept) >= count or gain <= 0:
+            break
+        trial = without_rounding(quantized, {*result.kept, tensor})
+        error = reference.relative_error(trial)
+        if error < result.after:
+            result.kept.append(tensor)
+            best, result.after = trial, error
+    result.float_nodes = float_nodes(best, set(result.kept))
+    return best, result

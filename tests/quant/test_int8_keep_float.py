@@ -1,0 +1,91 @@
+"""int8 keep_float=N: the activations whose rounding costs most stay float, chosen by measurement."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxopt
+from onnxopt.passbase import PassContext
+from onnxopt.passes._float_fallback import activation_quantizers, without_rounding
+from tests.helpers import run_ort
+
+
+def two_scale_model() -> onnx.ModelProto:
+    """x [1, 2, 8, 8] → Conv → t: channel 0 is 100·x₀ (range ~0..1000), channel 1 is 0.01·x₁
+    (~0..0.1) → Conv reading t's channel 1 × 100 → y. One per-tensor 8-bit grid for t (a step
+    of ~4) wipes channel 1 out: rounding t is what costs, not rounding x."""
+    w1 = np.zeros((2, 2, 1, 1), np.float32)
+    w1[0, 0], w1[1, 1] = 100.0, 0.01
+    w2 = np.zeros((1, 2, 1, 1), np.float32)
+    w2[0, 1] = 100.0
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["t"], name="spread"),
+        helper.make_node("Conv", ["t", "w2"], ["y"], name="pick"),
+    ]
+    graph = helper.make_graph(
+        nodes, "two_scales", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def samples(count=16, seed=1):
+    def stream():
+        rng = np.random.default_rng(seed)
+        for _ in range(count):
+            yield {"x": np.abs(rng.standard_normal((1, 2, 8, 8))).astype(np.float32) * 3}
+    return stream
+
+
+def relative_error(model, candidate) -> float:
+    feeds = list(samples(4, seed=9)())
+    ref = np.concatenate([run_ort(model, f)[0].ravel() for f in feeds])
+    out = np.concatenate([run_ort(candidate, f)[0].ravel() for f in feeds])
+    return float(np.sum((out - ref) ** 2) / np.sum((ref - ref.mean()) ** 2))
+
+
+SPEC = "int8:library_check=false:bias_correction=false"
+
+
+def test_the_activation_whose_rounding_costs_most_stays_float():
+    model = two_scale_model()
+    plain, _ = onnxopt.optimize(model, SPEC, context=PassContext(calibration=samples()))
+    kept, report = onnxopt.optimize(model, SPEC + ":keep_float=1", context=PassContext(calibration=samples()))
+    assert relative_error(model, plain) > 0.1  # channel 1 lost in t's grid
+    assert relative_error(model, kept) < 0.01
+    figure = report.passes[0].figures["keep_float"]
+    assert figure.startswith("1 of ") and "(t)" in figure
+    # the stem's input and the rest stay quantized: only t lost its pair
+    assert "t" not in activation_quantizers(kept) and "x" in activation_quantizers(kept)
+
+
+def test_keep_float_keeps_only_removals_that_help():
+    model = two_scale_model()
+    kept, report = onnxopt.optimize(model, SPEC + ":keep_float=3", context=PassContext(calibration=samples()))
+    figure = report.passes[0].figures["keep_float"]
+    count = int(figure.split(" of ")[0])
+    assert 1 <= count <= 3
+    before, after = (float(v) for v in figure.rsplit(" ", 3)[1::2])
+    assert after < before
+
+
+def test_without_rounding_removes_the_pair_and_reads_the_float_tensor():
+    model = two_scale_model()
+    quantized, _ = onnxopt.optimize(model, SPEC, context=PassContext(calibration=samples()))
+    candidates = activation_quantizers(quantized)
+    assert {"x", "t"} <= set(candidates)
+    bypassed = without_rounding(quantized, {"t"})
+    ops = [n.op_type for n in bypassed.graph.node]
+    assert ops.count("QuantizeLinear") == sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) - 1
+    readers = [n for n in bypassed.graph.node if "t" in n.input]
+    assert [n.name for n in readers] == ["pick"]  # reads t itself, no DequantizeLinear between
+    onnx.checker.check_model(bypassed)
+    assert "t" in activation_quantizers(quantized)  # the model given is not changed
+
+
+def test_keep_float_must_not_be_negative():
+    with pytest.raises(Exception, match="keep_float"):
+        onnxopt.optimize(two_scale_model(), "int8:keep_float=-1", context=PassContext(calibration=samples()))
