@@ -296,7 +296,8 @@ def row_line(row: Row, detector: bool, width: int = 44) -> str:
         if r.get("reason"):
             loss = f"unchanged: {r['reason']}"
         else:
-            loss = f"{fmt(r.get('loss_before'), '.5f')} → {fmt(r.get('loss_after'), '.5f')} (lr {r.get('lr')}, " \
+            rates = f"lr {r.get('lr')}" + (f", scale_lr {r['scale_lr']:g}" if r.get("scale_lr") else "")
+            loss = f"{fmt(r.get('loss_before'), '.5f')} → {fmt(r.get('loss_after'), '.5f')} ({rates}, " \
                    f"{r.get('steps')} steps, {fmt(r.get('seconds'), '.0f')} s)"
         if "int8" in row.label.split(",")[-1]:
             loss = "(float model: " + loss + ")"

@@ -5,7 +5,7 @@ as extra outputs; the student runs end to end in :class:`GraphModule`, the chose
 initializers trainable (a QDQ student's quantized ones fake-quantized, and teacher value v
 compared with the student's ``DequantizeLinear(QuantizeLinear(v))`` where it has one). In a
 QDQ student the quantization scales train (LSQ-style, the rounding straight-through; at
-``scale_lr`` in log scale), and with ``quantized="all"`` also the integer weights and biases
+``scale_lr`` in log scale, chosen like ``lr`` where only scales train), and with ``quantized="all"`` also the integer weights and biases
 (AdaQuant-style), which need more data not to over-fit; int32 biases are then re-quantized
 at the new scales (:mod:`.requantize`).
 Objective: the mean over targets (changed layers' outputs, model outputs) of the
@@ -44,6 +44,8 @@ KEPT = "kept the weights from before recovery"
 #: the learning rate of 8-bit weights (in quanta) over ``lr`` (float weights and int32 biases
 #: step in value units)
 QUANTA_LR_RATIO = 100.0
+#: the scales' learning rate (log scale) under scale_lr="auto" where weights train too
+SCALE_LR = 3e-3
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,10 @@ class DistillOptions:
     patience: int = 3  # evaluations without improvement before stopping
     threads: int = 1  # torch and onnxruntime threads
     quantized: str = "scales"  # a QDQ student: train its quantization "scales", or "all" (integers too)
-    scale_lr: float = 3e-3  # the scales' learning rate, in log scale (relative change per step)
+    # the scales' learning rate, in log scale (relative change per step); "auto": where only
+    # scales train, the best of scale_lr_candidates on the held-out part, else SCALE_LR
+    scale_lr: float | str = "auto"
+    scale_lr_candidates: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
 
 
 @dataclass
@@ -70,12 +75,14 @@ class DistillResult:
     loss_after: float | None = None  # held-out loss of the best trained weights
     steps: int = 0
     seconds: float = 0.0
-    lr: float | None = None
+    lr: float | None = None  # the weights' learning rate; None where only scales trained
+    scale_lr: float | None = None  # the scales' learning rate; None where no scale trained
     reason: str | None = None  # why nothing was changed
     trainable: list[str] = field(default_factory=list)
     written: list[str] = field(default_factory=list)  # initializers whose values ``model`` changed
     targets: list[str] = field(default_factory=list)
-    lr_trials: dict[float, float] = field(default_factory=dict)  # rate -> held-out loss after probing
+    # probed rate (the weights', or the scales' where only they train) -> held-out loss after probing
+    lr_trials: dict[float, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -140,7 +147,10 @@ class _Run:
         self.teacher_inputs = [i.name for i in self.session.get_inputs()]
         self.params = list(self.module.weights)
         self.original = [p.detach().clone() for p in self.params]
-        self.probes: dict[float, list[torch.Tensor] | None] = {}  # lr="auto": each rate's best weights
+        self.probes: dict[float, list[torch.Tensor] | None] = {}  # each probed rate's best weights
+        # with only scales to train, the probed and trained rate is theirs
+        self.scales_only = len(self.module.scale_parameters()) == len(self.params)
+        self.scale_lr = SCALE_LR if options.scale_lr == "auto" else float(options.scale_lr)
 
     # -- data
 
@@ -253,10 +263,11 @@ class _Run:
         return best, best_weights, done
 
     def _groups(self, lr: float) -> list[dict]:
-        """Adam parameter groups: value-unit parameters at ``lr``, quanta at its ratio, log scales at scale_lr."""
+        """Adam parameter groups: value-unit parameters at ``lr``, quanta at its ratio, log
+        scales at ``self.scale_lr`` (at ``lr`` where only scales train)."""
         kinds = {id(p): "scale" for p in self.module.scale_parameters()}
         kinds.update({id(p): "quanta" for p in self.module.quanta_parameters()})
-        rates = {"value": lr, "quanta": lr * QUANTA_LR_RATIO, "scale": self.options.scale_lr}
+        rates = {"value": lr, "quanta": lr * QUANTA_LR_RATIO, "scale": lr if self.scales_only else self.scale_lr}
         return [{"params": [p for p in self.params if kinds.get(id(p), "value") == kind], "lr": rate}
                 for kind, rate in rates.items()]
 
@@ -266,14 +277,17 @@ class _Run:
             raise _NonFinite(f"non-finite held-out loss at step {step} (lr={lr:g})")
         return held_out
 
-    def _choose_lr(self) -> float | None:
-        """The learning rate of the weights; None where only scales train (at ``scale_lr``)."""
-        if len(self.module.scale_parameters()) == len(self.params):
-            return None
-        if self.options.lr != "auto":
-            return float(self.options.lr)
+    def _choose_rate(self) -> float:
+        """The rate to train at: the weights' learning rate, or the scales' where only they
+        train; an "auto" one is the best of its candidates after a short probe each."""
+        if self.scales_only:
+            fixed, candidates = self.options.scale_lr, self.options.scale_lr_candidates
+        else:
+            fixed, candidates = self.options.lr, self.options.lr_candidates
+        if fixed != "auto":
+            return float(fixed)
         probe = self.options.probe_steps or max(5, self.options.steps // 5)
-        for lr in self.options.lr_candidates:
+        for lr in candidates:
             try:
                 loss, self.probes[lr], _ = self._train(lr, probe, f"lr {lr:g}")
             except _NonFinite:
@@ -299,21 +313,25 @@ class _Run:
             raise _Stop(f"the recovery engine cannot run {exc}; {KEPT}") from None
         if not math.isfinite(result.loss_before):
             raise _Stop(f"the student's held-out loss is not finite before training; {KEPT}")
-        result.lr = self._choose_lr()
+        rate = self._choose_rate()
+        if self.scales_only:
+            result.lr, result.scale_lr = None, rate
+        else:
+            result.lr, result.scale_lr = rate, self.scale_lr if self.module.scale_parameters() else None
         try:
-            after, weights, result.steps = self._train(result.lr or 0.0, self.options.steps, "train")
+            after, weights, result.steps = self._train(rate, self.options.steps, "train")
         except _NonFinite as exc:
             raise _Stop(f"{exc}; {KEPT}") from None
-        probed = self.probes.get(result.lr)
+        probed = self.probes.get(rate)
         if result.steps == 0:
             if probed is None:
                 raise _Stop(f"the time budget ran out before the first training step; {KEPT}")
             result.notes.append("the time budget ran out during the learning-rate probes")
-        if probed is not None and not (weights is not None and after <= result.lr_trials[result.lr]):
+        if probed is not None and not (weights is not None and after <= result.lr_trials[rate]):
             # the probe evaluates more often and may have caught a better point than the run
-            after, weights = result.lr_trials[result.lr], probed
+            after, weights = result.lr_trials[rate], probed
             if after < result.loss_before:
-                result.notes.append(f"kept the weights of the lr {result.lr:g} probe (held-out {after:.6g})")
+                result.notes.append(f"kept the weights of the rate {rate:g} probe (held-out {after:.6g})")
         result.loss_after = after if weights is not None else None
         if weights is None or not after < result.loss_before:
             raise _Stop(f"held-out loss did not improve ({result.loss_before:.6g} -> {after:.6g}); {KEPT}")
