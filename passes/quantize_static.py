@@ -434,8 +434,6 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             f"{result.layers} layers, mean |shift| {result.mean_abs_shift:.3g} (max {result.max_abs_shift:.3g}), "
             f"{result.samples} samples")
 
-    # ------------------------------------------------------------ report
-
     def _keep_float(self, prepared: onnx.ModelProto, quantized: onnx.ModelProto, probe: qc.Feeds,
                     open_samples) -> onnx.ModelProto:
         """``keep_float=N`` (:mod:`._float_fallback`), scored on the first calibration samples."""
@@ -453,6 +451,8 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
             f"output error (squared, relative to the outputs' spread) on {len(feeds)} calibration samples "
             f"{fallback.before:.3g} -> {fallback.after:.3g}")
         return result
+
+    # ------------------------------------------------------------ report
 
     def _report_result(self, quantized: onnx.ModelProto, excluded: dict[str, str], seven_bit: tuple[int, int],
                        per_channel: bool) -> None:
