@@ -348,17 +348,45 @@ def gather(inputs, attrs, ctx):
     axis = axis_of(attrs.get("axis", 0), x.dim())
     indices = torch.where(indices < 0, indices + x.shape[axis], indices)
     picked = x.index_select(axis, indices.reshape(-1))
-    return [picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1:])]
+    # a tuple: a 0-d index into a 1-d tensor (Shape -> Gather) gives shape ()
+    return [picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1:]))]
 
 
-@op("ReduceMean")
-def reduce_mean(inputs, attrs, ctx):
+def _reduce(inputs, attrs, ctx, since: int, function):
+    """ReduceMean/ReduceSum: axes an attribute, or an input from opset ``since``."""
     x = inputs[0]
-    axes = _axes(inputs, attrs, ctx, 18)
+    axes = _axes(inputs, attrs, ctx, since)
     keep = bool(attrs.get("keepdims", 1))
     if not axes:
         if attrs.get("noop_with_empty_axes", 0):
             return [x]
         axes = list(range(x.dim()))
-    return [x.mean(dim=tuple(axis_of(a, x.dim()) for a in axes), keepdim=keep)]
+    return [function(x, dim=tuple(axis_of(a, x.dim()) for a in axes), keepdim=keep)]
+
+
+@op("ReduceMean")
+def reduce_mean(inputs, attrs, ctx):
+    return _reduce(inputs, attrs, ctx, 18, torch.mean)
+
+
+@op("ReduceSum")
+def reduce_sum(inputs, attrs, ctx):
+    return _reduce(inputs, attrs, ctx, 13, torch.sum)
+
+
+@op("Equal")
+def equal(inputs, attrs, ctx):
+    return [torch.eq(inputs[0], inputs[1])]
+
+
+@op("Where")
+def where(inputs, attrs, ctx):
+    condition, x, y = inputs
+    return [torch.where(condition.to(torch.bool), x, y)]
+
+
+@op("Expand")
+def expand(inputs, attrs, ctx):
+    x, shape = inputs[0], ints(inputs[1])
+    return [x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(shape)))]
 

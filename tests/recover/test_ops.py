@@ -56,7 +56,10 @@ def check(model, feeds, rtol=1e-5, atol=1e-5):
     for name, reference in zip(names, expected):
         value = got[name].numpy()
         assert value.shape == reference.shape, (name, value.shape, reference.shape)
-        np.testing.assert_allclose(value, reference, rtol=rtol, atol=atol, err_msg=name)
+        if reference.dtype == np.bool_:
+            np.testing.assert_array_equal(value, reference, err_msg=name)
+        else:
+            np.testing.assert_allclose(value, reference, rtol=rtol, atol=atol, err_msg=name)
 
 
 X4 = ("x", f32(2, 4, 7, 6))
@@ -144,6 +147,13 @@ CASES = {
     "gather": ("Gather", [X4, ("idx", i64(2, -1, 0))], {"axis": 2}, {}),
     "gather_scalar": ("Gather", [X4, ("idx", np.array(1, np.int64))], {"axis": 1}, {}),
     "gather_2d": ("Gather", [("x", f32(5, 3)), ("idx", np.array([[0, 4], [3, 3]], np.int64))], {}, {}),
+    "gather_scalar_of_1d": ("Gather", [("x", f32(5)), ("idx", np.array(3, np.int64))], {}, {}),  # Shape -> Gather
+    "equal": ("Equal", [("a", i64(1, 2, 3, 4)), ("b", i64(1, 0, 3, 5))], {}, {}),
+    "where": ("Where", [("c", np.array([[True], [False]])), ("x", f32(2, 3)), ("y", f32(3))], {}, {}),
+    "expand": ("Expand", [("x", f32(3, 1)), ("shape", i64(2, 1, 4))], {}, {}),
+    "expand_keeps_larger_dims": ("Expand", [("x", f32(2, 3)), ("shape", i64(1, 1))], {}, {}),
+    "reduce_sum": ("ReduceSum", [X4, ("axes", i64(1))], {}, {"opset": 13}),
+    "reduce_sum_all": ("ReduceSum", [X4], {"keepdims": 0}, {"opset": 13}),
     "constant": ("Constant", [], {"value": numpy_helper.from_array(f32(2, 3), "c")}, {}),
     "constant_ints": ("Constant", [], {"value_ints": [3, 1, 4]}, {}),
     "reduce_mean": ("ReduceMean", [X4], {"axes": [2, 3]}, {"opset": 13}),
