@@ -12,7 +12,8 @@ Objective: the mean over targets (changed layers' outputs, model outputs) of the
 per-channel-normalised MSE Σ_c mean((s_c − t_c)²) / (C · v_c), v_c the teacher's variance
 of channel c (:func:`~onnxopt.recover.scope.channel_axis`: axis 1 of feature maps, the last
 axis of [N, tokens, hidden] or [N, boxes, attributes]) plus 1e-3 × the channel mean: a weak
-channel counts as much as a strong one. Adam; batches split by index into training and
+channel counts as much as a strong one. Token data with an attention mask is judged on its
+real tokens only (a [N, tokens, …] value's padded positions are left out). Adam; batches split by index into training and
 held-out parts; the training objective covers every target, but the held-out loss (the
 best weights kept, every ``eval_every`` steps; stopping after ``patience`` evaluations
 without gain; the final keep-or-discard check) is the objective at the model outputs
@@ -32,6 +33,7 @@ import numpy as np
 import onnx
 import torch
 
+from onnxopt.analysis.inputs import attention_mask
 from onnxopt.recover import scope as scopes
 from onnxopt.recover.interpreter import GraphModule, write_back
 from onnxopt.recover.ops import Unsupported
@@ -180,11 +182,12 @@ class _Run:
         squares: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         self.axes: dict[str, int] = {}
-        for _, values in self._stream(False):
+        for feeds, values in self._stream(False):
+            mask = attention_mask(feeds)
             for name, value in values.items():
                 if name not in self.axes:
                     self.axes[name] = scopes.channel_axis(self.teacher, name, np.ndim(value))
-                channels = _channels_last(np.asarray(value, np.float64), self.axes[name])
+                channels = _channels_last(np.asarray(value, np.float64), self.axes[name], mask)
                 sums[name] = sums.get(name, 0) + channels.sum(0)
                 squares[name] = squares.get(name, 0) + (channels ** 2).sum(0)
                 counts[name] = counts.get(name, 0) + channels.shape[0]
@@ -203,10 +206,11 @@ class _Run:
         # copies: feeds may be read-only views (memory-mapped .npy data), which torch must not wrap
         inputs = {k: torch.from_numpy(np.array(v)) for k, v in feeds.items()}
         outputs = self.module(inputs, [s for _, s in pairs])
+        mask = attention_mask(feeds)
         total = torch.zeros((), dtype=torch.float32)
         for name, student_name in pairs:
             error = (outputs[student_name] - torch.from_numpy(np.asarray(teacher[name]))) ** 2
-            per_channel = _channels_last(error, self.axes[name]).mean(0)
+            per_channel = _channels_last(error, self.axes[name], mask).mean(0)
             total = total + (per_channel / self.variances[name]).mean()
         return total / len(pairs)
 
@@ -353,11 +357,15 @@ def _bias_scale_names(model: onnx.ModelProto, biases: list[str]) -> list[str]:
     return [n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in wanted]
 
 
-def _channels_last(value, axis: int = 1):
-    """[N, C, …] -> [rows, C] (channel axis ``axis``); a tensor of rank < 2 is one channel."""
+def _channels_last(value, axis: int = 1, mask: np.ndarray | None = None):
+    """[N, C, …] -> [rows, C] (channel axis ``axis``); a tensor of rank < 2 is one channel.
+    ``mask``: a batch's real tokens, [N, T]; a [N, T, …] value keeps only those rows (a
+    padded position's value is never used, and padding can be most of a batch)."""
     if value.ndim < 2:
         return value.reshape(-1, 1)
     moved = np.moveaxis(value, axis, -1) if isinstance(value, np.ndarray) else value.movedim(axis, -1)
+    if mask is not None and moved.ndim >= 3 and tuple(moved.shape[:2]) == mask.shape and mask.any():
+        moved = moved[mask if isinstance(value, np.ndarray) else torch.from_numpy(mask)]
     return moved.reshape(-1, value.shape[axis])
 
 

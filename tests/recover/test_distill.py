@@ -188,3 +188,48 @@ def test_the_held_out_loss_is_judged_at_the_model_outputs(pair):
     outputs_only = distill(teacher, student, [], batches(count=4), options)
     assert with_layers.targets != outputs_only.targets  # the layers' outputs are trained on
     assert with_layers.loss_before == pytest.approx(outputs_only.loss_before, rel=1e-6)
+
+
+def _token_pair():
+    """teacher y = x·W and a student with W perturbed; inputs x [1, T, 8] and attention_mask [1, T]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tests.helpers import TEST_IR_VERSION
+
+    rng = np.random.default_rng(3)
+
+    def model(weight):
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "W"], ["y"], name="proj")], "tokens",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 8]),
+             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, "T"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", 8])],
+            [numpy_helper.from_array(weight, "W")])
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        proto.ir_version = TEST_IR_VERSION
+        return proto
+
+    weight = rng.standard_normal((8, 8)).astype(np.float32)
+    return model(weight), model(weight + 0.1 * rng.standard_normal((8, 8)).astype(np.float32))
+
+
+def test_token_data_is_judged_on_its_real_tokens_only():
+    """Padded positions (here half of each sample, with large values) do not count: the loss
+    equals that of the same samples cut after their last real token."""
+    teacher, student = _token_pair()
+    rng = np.random.default_rng(5)
+    real = [rng.standard_normal((1, 3, 8)).astype(np.float32) for _ in range(5)]
+    pad = 10 * rng.standard_normal((1, 3, 8)).astype(np.float32)
+
+    def padded():
+        for x in real:
+            yield {"x": np.concatenate([x, pad], 1), "attention_mask": np.array([[1, 1, 1, 0, 0, 0]], np.int64)}
+
+    def cut():
+        for x in real:
+            yield {"x": x, "attention_mask": np.ones((1, 3), np.int64)}
+
+    options = DistillOptions(steps=1, lr=1e-3)
+    with_padding = distill(teacher, student, ["y"], padded, options)
+    without = distill(teacher, student, ["y"], cut, options)
+    assert with_padding.loss_before == pytest.approx(without.loss_before, rel=1e-5)
