@@ -1,7 +1,8 @@
 """``keep_float=N``: leave in float the activations whose 8-bit rounding costs most at the outputs.
 
 In a QDQ model each quantized activation ``t`` is ``DequantizeLinear(QuantizeLinear(t))``.
-Keeping ``t`` in float removes that pair: its readers read ``t`` itself. onnxruntime then
+Keeping ``t`` in float replaces that pair by a Clip to the pair's range (the pair may stand
+for a ReLU the quantizer removed): its readers read the clipped float ``t``. onnxruntime then
 runs ``t``'s producer and readers as float ops (it fuses ``DQ → op → Q`` into an integer
 kernel only where all of them are there), with their weights still rounded to 8 bits.
 
@@ -20,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from ._output_similarity import FloatReference
 
@@ -61,22 +64,35 @@ def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
 
 
 def without_rounding(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelProto:
-    """A copy of ``model`` where ``tensors`` are read in float: their QuantizeLinear →
-    DequantizeLinear pairs removed, the readers of the dequantized copies reading the tensor."""
+    """A copy of ``model`` where ``tensors`` are read in float: each QuantizeLinear →
+    DequantizeLinear pair becomes a Clip to the pair's range, which the readers of the
+    dequantized copies read. The clip stays because the pair may be all that is left of a
+    ReLU: onnxruntime's quantizer deletes a Relu/Clip whose output range the pair enforces."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     graph = copy.graph
-    quantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == _QUANTIZE and n.input[0] in tensors}
-    replaced = {n.output[0]: quantized[n.input[0]] for n in graph.node
-                if n.op_type == _DEQUANTIZE and n.input[0] in quantized}
+    constants = {t.name: t for t in graph.initializer}
+    clips: dict[str, onnx.NodeProto] = {}  # QuantizeLinear output -> the Clip that replaces its pair
+    for node in graph.node:
+        if node.op_type == _QUANTIZE and node.input[0] in tensors:
+            clipped = f"{node.input[0]}_float_clipped"
+            low, high = _pair_range(node, constants)
+            names = (f"{clipped}_min", f"{clipped}_max")
+            graph.initializer.extend([numpy_helper.from_array(np.array(low, np.float32), names[0]),
+                                      numpy_helper.from_array(np.array(high, np.float32), names[1])])
+            clips[node.output[0]] = onnx.helper.make_node("Clip", [node.input[0], *names], [clipped], name=clipped)
+    replaced = {n.output[0]: clips[n.input[0]].output[0] for n in graph.node
+                if n.op_type == _DEQUANTIZE and n.input[0] in clips}
     # a QuantizeLinear whose output also feeds something else than a DequantizeLinear stays
     other_readers = {i for n in graph.node if n.op_type != _DEQUANTIZE for i in n.input}
-    dropped_q = {out for out in quantized if out not in other_readers}
     kept = []
     for node in graph.node:
         if node.op_type == _DEQUANTIZE and node.output[0] in replaced:
             continue
-        if node.op_type == _QUANTIZE and node.output[0] in dropped_q:
+        if node.op_type == _QUANTIZE and node.output[0] in clips:
+            if node.output[0] in other_readers:
+                kept.append(node)
+            kept.append(clips[node.output[0]])  # where the QuantizeLinear stood: before every reader
             continue
         for k, name in enumerate(node.input):
             if name in replaced:
@@ -85,6 +101,18 @@ def without_rounding(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelPro
     del graph.node[:]
     graph.node.extend(kept)
     return copy
+
+
+def _pair_range(quantize: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> tuple[float, float]:
+    """The float range a per-tensor QuantizeLinear → DequantizeLinear pair can represent."""
+    scale = float(numpy_helper.to_array(constants[quantize.input[1]]).reshape(-1)[0])
+    if len(quantize.input) > 2 and quantize.input[2] in constants:
+        zero = numpy_helper.to_array(constants[quantize.input[2]])
+        info = np.iinfo(zero.dtype)
+        point = float(zero.reshape(-1)[0])
+    else:  # no zero point: uint8, 0
+        info, point = np.iinfo(np.uint8), 0.0
+    return (info.min - point) * scale, (info.max - point) * scale
 
 
 def float_nodes(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
