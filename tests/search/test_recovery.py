@@ -76,7 +76,7 @@ def fake_distill(calls: list):
             if tensor.name not in known and tensor.data_type == onnx.TensorProto.FLOAT:
                 tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * np.float32(1.01), tensor.name))
                 names.append(tensor.name)
-        return types.SimpleNamespace(model=trained, loss_before=1.0, loss_after=0.5, steps=options.steps, lr=1e-4,
+        return types.SimpleNamespace(model=trained, loss_before=1.0, loss_after=0.5, steps=options.steps, lr=1e-4, scale_lr=None,
                                      seconds=0.01, trainable=names, written=names, targets=list(changed_outputs), lr_trials={},
                                      notes=[], reason=None)
 
