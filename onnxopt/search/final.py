@@ -118,7 +118,7 @@ def _decompose_and_quantize(run: Run, accepted: list[Candidate], baseline: Quant
         attempt += 1
         excluded = list(baseline.excluded)
         excluded += [f"{c.layer.escaped}/*" for c in selection if baseline.excludes(c.layer)]
-        specs = [*decomposition_specs(run.options, run.rounding, selection), quantization_spec(quantize, tuple(excluded))]
+        specs = [*decomposition_specs(run.options, run.rounding, selection), quantization_spec(quantize, tuple(excluded), baseline.options)]
         label = f"decomposition ({len(selection)} layers) + {quantize}"
         final = Final(label, specs, list(selection))
         run.progress(f"building {label}")

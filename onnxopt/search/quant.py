@@ -1,8 +1,9 @@
 """The quantization baseline (``quantize=int8|fp16``): the quantization pass alone, with its defaults.
 
-Calibrated and scored on the search split. If it misses the budget less the margin, the
-first and last weight layers, then 10 % and 25 % of the weight layers at each end, are left
-in float, until it fits; a further attempt is made only when the last one cost at most
+Calibrated and scored on the search split. If it misses the budget less the margin, ``int8``
+first keeps the AUTO_KEEP_FLOAT activations whose rounding costs most in float (its measured
+``keep_float``), then the first and last weight layers, then 10 % and 25 % of the weight
+layers at each end, are left in float, until it fits; a further attempt is made only when the last one cost at most
 AUTO_BASELINE_SHARE of the time left (each attempt calibrates afresh), and once a
 whole-split score is slow (over AUTO_SENSITIVITY_SECONDS), an attempt is first screened on
 AUTO_SENSITIVITY_SAMPLES samples where failing there proves failing on the whole split. When
@@ -28,6 +29,8 @@ from onnxopt.search.specs import quantization_spec
 # a further quantization attempt (more layers excluded) only when the last one cost at most this share
 # of the time left
 AUTO_BASELINE_SHARE = 1 / 3
+# int8's second attempt: up to this many activations kept float, chosen by measurement (keep_float)
+AUTO_KEEP_FLOAT = 4
 
 
 def quantize_baseline(run: Run) -> QuantBaseline:
@@ -65,17 +68,20 @@ def _fit_quantization(run: Run, baseline: QuantBaseline):
     budget itself joins ``baseline.contenders``; raises OutOfTime."""
     quantize = run.options.quantize
     weight_nodes = _weight_node_names(run)
-    attempts: list[tuple[str, ...]] = [()]
+    # (weight layers left in float, further options of the quantization pass)
+    attempts: list[tuple[tuple[str, ...], dict]] = [((), {})]
+    if quantize == "int8":
+        attempts.append(((), {"keep_float": AUTO_KEEP_FLOAT}))
     if len(weight_nodes) >= 2:
-        attempts.append((weight_nodes[0], weight_nodes[-1]))
+        attempts.append(((weight_nodes[0], weight_nodes[-1]), {}))
         for share in (0.1, 0.25):
             k = max(2, int(round(len(weight_nodes) * share)))
             ends = tuple(dict.fromkeys(weight_nodes[:k] + weight_nodes[-k:]))
-            if ends != attempts[-1]:
-                attempts.append(ends)
+            if ends != attempts[-1][0]:
+                attempts.append((ends, {}))
     attempt_s = 0.0  # what the last attempt cost (calibration, scores)
     stopped = False
-    for index, names in enumerate(attempts):
+    for index, (names, extra) in enumerate(attempts):
         if index > 0:
             run.clock.check("quantization baseline")
             spare = run.clock.spare()
@@ -87,8 +93,9 @@ def _fit_quantization(run: Run, baseline: QuantBaseline):
                 stopped = True
                 break
         exclude = tuple(glob.escape(n) for n in names)
-        specs = [quantization_spec(quantize, exclude)]
-        label = quantize + (f" excluding {len(names)} layers" if names else " alone")
+        specs = [quantization_spec(quantize, exclude, extra)]
+        label = quantize + (f" excluding {len(names)} layers" if names else
+                            f" keeping up to {extra['keep_float']} activations float" if extra else " alone")
         run.progress(f"{label}: building and scoring")
         started = run.clock.now()
         built: dict[str, Any] = {}
@@ -135,7 +142,7 @@ def _fit_quantization(run: Run, baseline: QuantBaseline):
         if result.passed:  # within the budget: a contender of the final choice in any case
             baseline.contenders.append(Final(label, specs, [], proto=proto, search=result))
         if fits:
-            baseline.excluded = exclude
+            baseline.excluded, baseline.options = exclude, dict(extra)
             return baseline.contenders[-1], result
     run.journal.notes.append(f"{quantize} breaks the budget" + (
         " in the attempts made" if stopped else " even with the first/last layers excluded") +

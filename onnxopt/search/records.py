@@ -136,6 +136,7 @@ class QuantBaseline:
     contenders: list[Final] = field(default_factory=list)  # every quantization that met the budget
     chosen: Final | None = None  # the one the decomposition is searched under
     excluded: tuple[str, ...] = ()  # globs (escaped node names) it leaves in float
+    options: dict = field(default_factory=dict)  # further options of its pass (keep_float)
     domain: bool = False  # faster than the original: layers are timed quantized, the budget is shared
     reduced: float | None = None  # the decomposition's share of the budget (value scale)
     build_s: float = 0.0  # the longest build of a quantized model

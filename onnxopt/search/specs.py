@@ -2,7 +2,8 @@
 
 One decomposition pass per (method, level) with ``include=`` its layers (escaped names),
 ``energy=`` the level and ``round=`` the rank rounding (not for ``separable``), ``refit``
-when asked; then the quantization pass with ``exclude=`` the layers it leaves in float. The
+when asked; then the quantization pass with ``exclude=`` the layers it leaves in float (and
+``keep_float=`` where the baseline needed it). The
 pipeline config ``auto`` saves is exactly these specs, so re-running it rebuilds the result.
 """
 
@@ -40,6 +41,7 @@ def decomposition_specs(options: AutoOptions, rounding: int, selection: list[Can
     return specs
 
 
-def quantization_spec(quantize: str, exclude: tuple[str, ...] = ()) -> PassSpec:
-    """The quantization pass (``int8`` or ``fp16``) with its defaults, leaving ``exclude`` in float."""
-    return PassSpec(quantize, {"exclude": tuple(exclude)} if exclude else {})
+def quantization_spec(quantize: str, exclude: tuple[str, ...] = (), options: dict | None = None) -> PassSpec:
+    """The quantization pass (``int8`` or ``fp16``) with its defaults and ``options``, leaving
+    ``exclude`` in float."""
+    return PassSpec(quantize, {**(options or {}), **({"exclude": tuple(exclude)} if exclude else {})})

@@ -237,10 +237,39 @@ def test_quantize_int8_excludes_the_layers_that_break_the_budget(model):
     evaluator = FakeEvaluator(model, sensitivity=dict.fromkeys(CONVS, 0.0002), quant_error={"conv1": 0.02})
     proto, report = run_auto(model, evaluator, methods=("tucker",), levels=(0.9,), quantize="int8")
     quant_steps = [s for s in report.figures["steps"] if s["phase"] == "quantization" and "metric" in s]
-    assert quant_steps[0]["passed"] is False and quant_steps[1]["passed"] is True
-    assert quant_steps[1]["excluded"] == ["conv1", "fc"]
+    # first int8's measured fallback (activations kept float: here the weights stay rounded,
+    # which is what this fake counts), then whole layers at both ends
+    assert [s["tried"].removesuffix(" (first 16 samples)") for s in quant_steps[:3]] == [
+        "int8 alone", "int8 keeping up to 4 activations float", "int8 excluding 2 layers"]
+    assert [s["passed"] for s in quant_steps[:3]] == [False, False, True]
+    assert quant_steps[2]["excluded"] == ["conv1", "fc"]
     int8_spec = report.figures["pipeline"][-1]
     assert int8_spec.startswith("int8:exclude=conv1|fc")
+    assert evaluator._value(proto) >= evaluator.threshold
+
+
+class RoundingAwareEvaluator(FakeEvaluator):
+    """Each rounded activation (a QuantizeLinear → DequantizeLinear pair on a computed tensor)
+    costs ``per_activation`` of the score: int8 alone breaks the budget, keeping a few of
+    them float (keep_float) meets it."""
+
+    per_activation: float = 0.002
+
+    def _value(self, model: onnx.ModelProto) -> float:
+        from onnxopt.passes._float_fallback import activation_quantizers
+
+        return super()._value(model) - self.per_activation * len(activation_quantizers(model))
+
+
+def test_quantize_int8_keeps_sensitive_activations_float_before_excluding_layers(model):
+    evaluator = RoundingAwareEvaluator(model, sensitivity=dict.fromkeys(CONVS, 0.0002))
+    proto, report = run_auto(model, evaluator, methods=("tucker",), levels=(0.9,), quantize="int8")
+    quant_steps = [s for s in report.figures["steps"] if s["phase"] == "quantization" and "metric" in s]
+    assert [s["tried"].removesuffix(" (first 16 samples)") for s in quant_steps[:2]] == [
+        "int8 alone", "int8 keeping up to 4 activations float"]
+    assert [s["passed"] for s in quant_steps[:2]] == [False, True]
+    assert quant_steps[1]["excluded"] == []  # no weight layer left in float
+    assert any(spec.startswith("int8:keep_float=4") for spec in report.figures["pipeline"])
     assert evaluator._value(proto) >= evaluator.threshold
 
 
