@@ -8,8 +8,8 @@ kernel only where all of them are there), with their weights still rounded to 8 
 
 Sensitivity is measured, not guessed: each activation's pair is removed alone and the model
 is scored against the float model on calibration samples: the squared error of the outputs
-relative to their spread (:meth:`._output_similarity.FloatReference.relative_error`). The candidates are then
-taken most helpful first, each kept only where the model with it (and the ones kept
+relative to their spread (:meth:`._output_similarity.FloatReference.relative_error`). The
+candidates are then taken most helpful first, each kept only where the model with it (and the ones kept
 before it) has a smaller error than without — the gains of single removals do not add up
 (rounding errors partly cancel) — until ``N`` are kept. Which activations matter depends
 on the model: the normalized image that the stem reads (its uint8 grid does not line up
@@ -27,7 +27,6 @@ from onnx import numpy_helper
 
 from ._output_similarity import FloatReference
 
-#: Q/DQ op types (onnxruntime's quantizer writes the default domain; older models the contrib one).
 _QUANTIZE = "QuantizeLinear"
 _DEQUANTIZE = "DequantizeLinear"
 
@@ -75,7 +74,7 @@ def without_rounding(model: onnx.ModelProto, tensors: set[str]) -> onnx.ModelPro
     clips: dict[str, onnx.NodeProto] = {}  # QuantizeLinear output -> the Clip that replaces its pair
     for node in graph.node:
         if node.op_type == _QUANTIZE and node.input[0] in tensors:
-            clipped = f"{node.input[0]}_float_clipped"
+            clipped = _clipped(node.input[0])
             low, high = _pair_range(node, constants)
             names = (f"{clipped}_min", f"{clipped}_max")
             graph.initializer.extend([numpy_helper.from_array(np.array(low, np.float32), names[0]),
@@ -115,14 +114,20 @@ def _pair_range(quantize: onnx.NodeProto, constants: dict[str, onnx.TensorProto]
     return (info.min - point) * scale, (info.max - point) * scale
 
 
+def _clipped(tensor: str) -> str:
+    """The name of ``tensor`` clipped to its former Q/DQ pair's range."""
+    return f"{tensor}_float_clipped"
+
+
 def float_nodes(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
-    """The producers and readers (other than Q/DQ) of ``tensors`` in ``model``: the ops that
-    run in float once those tensors are."""
+    """The producers of ``tensors`` and the readers of their clipped copies in a model
+    :func:`without_rounding` made: the ops that run in float once those tensors are."""
+    clipped = {_clipped(t) for t in tensors}
     names = []
     for node in model.graph.node:
-        if node.op_type in (_QUANTIZE, _DEQUANTIZE):
-            continue
-        if tensors & set(node.output) or tensors & set(node.input):
+        if node.op_type in (_QUANTIZE, _DEQUANTIZE) or set(node.output) & clipped:
+            continue  # the pairs that remain, and the clips themselves
+        if tensors & set(node.output) or clipped & set(node.input):
             names.append(node.name)
     return names
 

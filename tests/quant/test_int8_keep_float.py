@@ -60,6 +60,7 @@ def test_the_activation_whose_rounding_costs_most_stays_float():
     assert figure.startswith("1 of ") and "(t)" in figure
     # the stem's input and the rest stay quantized: only t lost its pair
     assert "t" not in activation_quantizers(kept) and "x" in activation_quantizers(kept)
+    assert "2 ops reading or writing them run in float" in figure  # t's producer and its reader
 
 
 def test_keep_float_keeps_only_removals_that_help():
