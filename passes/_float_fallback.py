@@ -18,6 +18,7 @@ with the photo's pixel grid), a residual stream without ReLU, a detector head.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,6 +27,9 @@ import onnx
 from onnx import numpy_helper
 
 from ._output_similarity import FloatReference
+
+#: the scan scores on at least this many samples, however short its time
+MIN_SAMPLES = 4
 
 _QUANTIZE = "QuantizeLinear"
 _DEQUANTIZE = "DequantizeLinear"
@@ -39,6 +43,7 @@ class Fallback:
     before: float = 0.0  # relative output error on the calibration samples
     after: float = 0.0
     candidates: int = 0
+    samples: int = 0  # calibration samples the scores were measured on
     float_nodes: list[str] = field(default_factory=list)  # producers and readers now running in float
 
 
@@ -133,12 +138,23 @@ def float_nodes(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
 
 
 def keep_sensitive_float(reference: FloatReference, quantized: onnx.ModelProto, count: int,
-                         progress: Callable[[int, int], None] | None = None) -> tuple[onnx.ModelProto, Fallback]:
+                         progress: Callable[[int, int], None] | None = None,
+                         seconds: float | None = None) -> tuple[onnx.ModelProto, Fallback]:
     """(the model with up to ``count`` activations kept float, what was done). Scores each
-    activation's removal alone, then keeps the helpful ones greedily (see the module)."""
+    activation's removal alone, then keeps the helpful ones greedily (see the module).
+    ``seconds``: where scoring every candidate on all of ``reference``'s samples would take
+    longer (estimated from the first score), fewer samples are used (at least MIN_SAMPLES)."""
     candidates = sorted(activation_quantizers(quantized))
     result = Fallback(candidates=len(candidates))
+    started = time.perf_counter()
     result.before = result.after = reference.relative_error(quantized)
+    each = time.perf_counter() - started
+    if count >= 1 and candidates and seconds and each * len(candidates) > seconds:
+        fewer = max(MIN_SAMPLES, int(len(reference.samples) * seconds / (each * len(candidates))))
+        if fewer < len(reference.samples):
+            reference = reference.first(fewer)
+            result.before = result.after = reference.relative_error(quantized)
+    result.samples = len(reference.samples)
     if count < 1 or not candidates:
         return quantized, result
     gains = []

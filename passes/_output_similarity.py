@@ -7,6 +7,7 @@ with it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,12 @@ class FloatReference:
         self.samples = samples
         self.config = session_config or {}
         self.expected = [real_tokens(reference.run(self.names, feeds), feeds) for feeds in samples]
+
+    def first(self, count: int) -> FloatReference:
+        """The same reference on its first ``count`` samples (nothing recomputed)."""
+        subset = copy.copy(self)
+        subset.samples, subset.expected = self.samples[:count], self.expected[:count]
+        return subset
 
     def similarity(self, candidate: onnx.ModelProto) -> Similarity:
         got = self._outputs(candidate)

@@ -55,8 +55,10 @@ logger = logging.getLogger(__name__)
 #: Per-channel ``DequantizeLinear`` (the ``axis`` attribute) needs opset 13.
 _MIN_OPSET = 13
 _PER_TENSOR_FIRST = ("Gemm", "MatMul")  # per-channel falls back on these op types first
-#: keep_float scores its candidates on this many calibration samples
+#: keep_float scores its candidates on this many calibration samples ...
 FALLBACK_SAMPLES = 32
+#: ... or on fewer where scoring them all would take longer than this (large models)
+FALLBACK_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,8 @@ class QuantizeStaticOptions:
         "samples and keep the better model (the same op types, see ops)")
     keep_float: int = option(
         0, "leave in float up to N activations whose 8-bit rounding costs most at the outputs, measured one by one "
-        "on calibration samples and kept only where they help; their producers and readers then run in float "
-        "(the report names them, with their share of the MACs)")
+        "on calibration samples (32, fewer where that would take over 2 minutes) and kept only where they help; "
+        "their producers and readers then run in float (the report names them, with their share of the MACs)")
 
     def __post_init__(self):
         if self.samples < 1:
@@ -441,14 +443,14 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         reference = FloatReference(prepared, feeds, self.report.validate_with)
         result, fallback = keep_sensitive_float(
             reference, quantized, self.options.keep_float,
-            lambda done, total: self.context.progress("float fallback", done, total))
+            lambda done, total: self.context.progress("float fallback", done, total), FALLBACK_SECONDS)
         shares = qc.mac_shares(prepared, probe)
         share = sum(shares.get(name, 0.0) for name in fallback.float_nodes)
         kept = ", ".join(fallback.kept) or "none"
         self.report.figures["keep_float"] = (
             f"{len(fallback.kept)} of {fallback.candidates} activations kept float ({kept}); "
             f"{len(fallback.float_nodes)} ops reading or writing them run in float ({share:.1%} of the MACs); "
-            f"output error (squared, relative to the outputs' spread) on {len(feeds)} calibration samples "
+            f"output error (squared, relative to the outputs' spread) on {fallback.samples} calibration samples "
             f"{fallback.before:.3g} -> {fallback.after:.3g}")
         return result
 

@@ -131,3 +131,16 @@ def test_a_pair_that_stands_for_a_deleted_relu_still_clamps_in_float():
         return float(np.sum((out - reference) ** 2) / np.sum((reference - reference.mean()) ** 2))
 
     assert error(bypassed) < error(quantized) < 0.05  # without the clamp the negatives leak: error ~0.5
+
+
+def test_a_short_scan_budget_scores_on_fewer_samples():
+    from onnxopt.passes._float_fallback import MIN_SAMPLES, keep_sensitive_float
+    from onnxopt.passes._output_similarity import FloatReference
+
+    model = two_scale_model()
+    quantized, _ = onnxopt.optimize(model, SPEC, context=PassContext(calibration=samples()))
+    reference = FloatReference(model, list(samples(16)()))
+    _, full = keep_sensitive_float(reference, quantized, 1)
+    _, short = keep_sensitive_float(reference, quantized, 1, seconds=1e-9)
+    assert full.samples == 16 and short.samples == MIN_SAMPLES
+    assert short.kept == ["t"]  # the decisive activation is found on fewer samples too
