@@ -49,7 +49,9 @@ class Fallback:
 
 def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Activation tensor name -> its QuantizeLinear, for every activation (not a stored
-    weight) that is quantized and whose dequantized copies are not graph outputs."""
+    weight) that is quantized per tensor (a stored one-element scale: the range a Clip can
+    keep) and whose dequantized copies are not graph outputs."""
+    scales = {t.name for t in model.graph.initializer if int(np.prod(t.dims)) == 1}
     constants = {t.name for t in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     outputs = {o.name for o in model.graph.output}
@@ -59,7 +61,7 @@ def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
             dequantized.setdefault(node.input[0], []).append(node)
     found = {}
     for node in model.graph.node:
-        if node.op_type != _QUANTIZE or node.input[0] in constants:
+        if node.op_type != _QUANTIZE or node.input[0] in constants or node.input[1] not in scales:
             continue
         readers = dequantized.get(node.output[0], [])
         if readers and not any(dq.output[0] in outputs for dq in readers):
