@@ -620,7 +620,8 @@ def main() -> None:
                              "default: all of them)")
     parser.add_argument("--runs", type=int, default=40, help="interleaved latency rounds per measurement (40)")
     parser.add_argument("--repeats", type=int, default=4,
-                        help="latency measurements, fresh sessions each, the order swapped every other one (4)")
+                        help="latency measurements, fresh sessions each, the order swapped every other one (4; "
+                             "use an even number, or the two orders are unbalanced)")
     args = parser.parse_args()
     if not SEQUENCE.exists():
         sys.exit(f"needs {SEQUENCE}")

@@ -3,15 +3,18 @@
 In a QDQ model each quantized activation ``t`` is ``DequantizeLinear(QuantizeLinear(t))``.
 Keeping ``t`` in float replaces that pair by a Clip to the pair's range (the pair may stand
 for a ReLU the quantizer removed): its readers read the clipped float ``t``. onnxruntime then
-runs ``t``'s producer and readers as float ops (it fuses ``DQ → op → Q`` into an integer
-kernel only where all of them are there), with their weights still rounded to 8 bits.
+runs ``t``'s readers as float ops, with their weights still rounded to 8 bits, and a Conv
+producing ``t`` too (it fuses ``DQ → Conv → Q`` into an integer kernel only with the output
+pair); a MatMul or Gemm producer keeps an integer kernel with a float output
+(MatMulIntegerToFloat, QGemm).
 
 Sensitivity is measured, not guessed: each activation's pair is removed alone and the model
 is scored against the float model on calibration samples: the squared error of the outputs
 relative to their spread (:meth:`._output_similarity.FloatReference.relative_error`). The
-candidates are then taken most helpful first, each kept only where the model with it (and the ones kept
-before it) has a smaller error than without — the gains of single removals do not add up
-(rounding errors partly cancel) — until ``N`` are kept. Which activations matter depends
+candidates are then tried most helpful first, each kept only where the model with it (and
+the ones kept before it) has a smaller error than without — the gains of single removals do
+not add up (rounding errors partly cancel) — until ``N`` are kept or ``TRIALS_PER_KEPT × N``
+were tried. Which activations matter depends
 on the model: the normalized image that the stem reads (its uint8 grid does not line up
 with the photo's pixel grid), a residual stream without ReLU, a detector head.
 """
@@ -30,6 +33,10 @@ from ._output_similarity import FloatReference
 
 #: the scan scores on at least this many samples, however short its time
 MIN_SAMPLES = 4
+#: the greedy step tries at most this many candidates per activation asked for
+TRIALS_PER_KEPT = 3
+#: producers that keep an integer kernel when their output pair goes (float output)
+_INTEGER_TO_FLOAT = ("MatMul", "Gemm")
 
 _QUANTIZE = "QuantizeLinear"
 _DEQUANTIZE = "DequantizeLinear"
@@ -49,23 +56,28 @@ class Fallback:
 
 def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Activation tensor name -> its QuantizeLinear, for every activation (not a stored
-    weight) that is quantized per tensor (a stored one-element scale: the range a Clip can
-    keep) and whose dequantized copies are not graph outputs."""
-    scales = {t.name for t in model.graph.initializer if int(np.prod(t.dims)) == 1}
+    weight) quantized by exactly one QuantizeLinear, per tensor (a stored one-element scale
+    and zero point: the range a Clip can keep), neither it nor its dequantized copies being
+    graph outputs."""
+    single = {t.name for t in model.graph.initializer if int(np.prod(t.dims)) == 1}
     constants = {t.name for t in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     outputs = {o.name for o in model.graph.output}
     dequantized = {}  # a QuantizeLinear's output -> the DequantizeLinear nodes reading it
+    quantizers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         if node.op_type == _DEQUANTIZE:
             dequantized.setdefault(node.input[0], []).append(node)
+        elif node.op_type == _QUANTIZE and node.input[0] not in constants:
+            quantizers.setdefault(node.input[0], []).append(node)
     found = {}
-    for node in model.graph.node:
-        if node.op_type != _QUANTIZE or node.input[0] in constants or node.input[1] not in scales:
-            continue
+    for tensor, nodes in quantizers.items():
+        node = nodes[0]
+        per_tensor = all(name in single for name in node.input[1:] if name)
         readers = dequantized.get(node.output[0], [])
-        if readers and not any(dq.output[0] in outputs for dq in readers):
-            found.setdefault(node.input[0], node)
+        if (len(nodes) == 1 and per_tensor and readers and node.output[0] not in outputs
+                and not any(dq.output[0] in outputs for dq in readers)):
+            found[tensor] = node
     return found
 
 
@@ -127,14 +139,15 @@ def _clipped(tensor: str) -> str:
 
 
 def float_nodes(model: onnx.ModelProto, tensors: set[str]) -> list[str]:
-    """The producers of ``tensors`` and the readers of their clipped copies in a model
-    :func:`without_rounding` made: the ops that run in float once those tensors are."""
+    """The readers of ``tensors``' clipped copies in a model :func:`without_rounding` made,
+    and their producers but MatMul/Gemm: the ops that run in float once those tensors are."""
     clipped = {_clipped(t) for t in tensors}
     names = []
     for node in model.graph.node:
         if node.op_type in (_QUANTIZE, _DEQUANTIZE) or set(node.output) & clipped:
             continue  # the pairs that remain, and the clips themselves
-        if tensors & set(node.output) or clipped & set(node.input):
+        produces = tensors & set(node.output) and node.op_type not in _INTEGER_TO_FLOAT
+        if produces or clipped & set(node.input):
             names.append(node.name)
     return names
 
@@ -166,8 +179,9 @@ def keep_sensitive_float(reference: FloatReference, quantized: onnx.ModelProto, 
         if progress is not None:
             progress(done + 1, len(candidates))
     best = quantized
-    for gain, tensor in sorted(gains, key=lambda g: (-g[0], g[1])):
-        if len(result.kept) >= count or gain <= 0:
+    ranked = [tensor for gain, tensor in sorted(gains, key=lambda g: (-g[0], g[1])) if gain > 0]
+    for tensor in ranked[:TRIALS_PER_KEPT * count]:
+        if len(result.kept) >= count:
             break
         trial = without_rounding(quantized, {*result.kept, tensor})
         error = reference.relative_error(trial)

@@ -94,7 +94,8 @@ class QuantizeStaticOptions:
     keep_float: int = option(
         0, "leave in float up to N activations whose 8-bit rounding costs most at the outputs, measured one by one "
         "on calibration samples (32, fewer where that would take over 2 minutes) and kept only where they help; "
-        "their producers and readers then run in float (the report names them, with their share of the MACs)")
+        "their readers (and a Conv producing them) then run in float (the report names them, with their share of "
+        "the MACs)")
 
     def __post_init__(self):
         if self.samples < 1:
@@ -196,7 +197,9 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
                             path, calibration.minmax, not force_per_tensor, user_excluded, {}, reduce_range=False,
                             op_types=op_types, float_matmul_outputs=False),
                         calibration.probe, open_samples, self.report)
-            if options.keep_float:
+            if options.keep_float and options.calib == "random":
+                figures["keep_float"] = "not run: random calibration data (calib=random)"
+            elif options.keep_float:
                 with steps("float fallback"):
                     quantized = self._keep_float(prepared, quantized, calibration.probe, open_samples)
         qc.restore_model_fields(original, quantized)

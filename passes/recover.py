@@ -121,8 +121,9 @@ class RecoverPass(OptimizerPass, ir.passes.InPlacePass):
             "trainable_tensors": len(result.trainable), "targets": len(result.targets),
             "data": self.context.calibration_description,
         }
-        if result.lr_trials:
-            figures["lr_trials"] = {f"{lr:g}": _rounded(loss) for lr, loss in result.lr_trials.items()}
+        if result.lr_trials:  # the weights' rates, or the scales' where only they trained
+            key = "lr_trials" if result.lr is not None else "scale_lr_trials"
+            figures[key] = {f"{lr:g}": _rounded(loss) for lr, loss in result.lr_trials.items()}
         if result.notes:
             figures["notes"] = list(result.notes)
         self.report.figures.update(figures)

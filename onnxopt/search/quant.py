@@ -3,7 +3,7 @@
 Calibrated and scored on the search split. If it misses the budget less the margin, ``int8``
 first keeps the AUTO_KEEP_FLOAT activations whose rounding costs most in float (its measured
 ``keep_float``); then the first and last weight layers, then 10 % and 25 % of the weight
-layers at each end, are left in float, until it fits. A further attempt is made only when
+layers at each end, are left in float (without keep_float), until it fits. A further attempt is made only when
 the last one cost at most AUTO_BASELINE_SHARE of the time left (each attempt calibrates
 afresh), and once a whole-split score is slow (over AUTO_SENSITIVITY_SECONDS), an attempt is
 first screened on AUTO_SENSITIVITY_SAMPLES samples where failing there proves failing on

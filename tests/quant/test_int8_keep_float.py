@@ -63,16 +63,6 @@ def test_the_activation_whose_rounding_costs_most_stays_float():
     assert "2 ops reading or writing them run in float" in figure  # t's producer and its reader
 
 
-def test_keep_float_keeps_only_removals_that_help():
-    model = two_scale_model()
-    kept, report = onnxopt.optimize(model, SPEC + ":keep_float=3", context=PassContext(calibration=samples()))
-    figure = report.passes[0].figures["keep_float"]
-    count = int(figure.split(" of ")[0])
-    assert 1 <= count <= 3
-    before, after = (float(v) for v in figure.rsplit(" ", 3)[1::2])
-    assert after < before
-
-
 def test_without_rounding_removes_the_pair_and_reads_the_float_tensor():
     model = two_scale_model()
     quantized, _ = onnxopt.optimize(model, SPEC, context=PassContext(calibration=samples()))
@@ -144,3 +134,49 @@ def test_a_short_scan_budget_scores_on_fewer_samples():
     _, short = keep_sensitive_float(reference, quantized, 1, seconds=1e-9)
     assert full.samples == 16 and short.samples == MIN_SAMPLES
     assert short.kept == ["t"]  # the decisive activation is found on fewer samples too
+
+
+class _StubReference:
+    """A FloatReference whose error is a table over the set of activations kept float."""
+
+    samples = [None] * 8
+
+    def __init__(self, errors: dict[frozenset, float]):
+        self.errors, self.scored = errors, []
+
+    def relative_error(self, model) -> float:
+        removed = frozenset(t for t in ("x", "t") if t not in activation_quantizers(model))
+        self.scored.append(removed)
+        return self.errors[removed]
+
+
+def test_greedy_keeps_a_removal_only_where_it_helps_with_those_kept_before():
+    from onnxopt.passes._float_fallback import keep_sensitive_float
+
+    quantized, _ = onnxopt.optimize(two_scale_model(), SPEC, context=PassContext(calibration=samples()))
+    # each removal helps alone; together they are worse than t alone: only t is kept
+    both_worse = _StubReference({frozenset(): 1.0, frozenset({"t"}): 0.2, frozenset({"x"}): 0.5,
+                                 frozenset({"x", "t"}): 0.3})
+    _, result = keep_sensitive_float(both_worse, quantized, 2)
+    assert result.kept == ["t"] and result.after == 0.2
+    # a removal that does not help alone is never tried in combination
+    x_useless = _StubReference({frozenset(): 1.0, frozenset({"t"}): 0.2, frozenset({"x"}): 1.0,
+                                frozenset({"x", "t"}): 0.1})
+    _, result = keep_sensitive_float(x_useless, quantized, 2)
+    assert result.kept == ["t"] and frozenset({"x", "t"}) not in x_useless.scored
+
+
+def test_a_tensor_with_two_quantizers_or_a_quantized_graph_output_is_no_candidate():
+    quantized, _ = onnxopt.optimize(two_scale_model(), SPEC, context=PassContext(calibration=samples()))
+    q = next(n for n in quantized.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "t")
+    twice = onnx.ModelProto()
+    twice.CopyFrom(quantized)
+    extra = onnx.NodeProto()
+    extra.CopyFrom(q)
+    extra.name, extra.output[0] = "second_q", "t_second_q"
+    twice.graph.node.append(extra)
+    assert "t" not in activation_quantizers(twice)
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(quantized)
+    exposed.graph.output.append(onnx.helper.make_tensor_value_info(q.output[0], TensorProto.UINT8, None))
+    assert "t" not in activation_quantizers(exposed)
