@@ -1,5 +1,6 @@
-"""How close a quantized model's outputs are to the float model's: Pearson r per sample and
-per output channel (a token output's real positions only), on a few calibration samples.
+"""How close a quantized model's outputs are to the float model's, on a few calibration
+samples (a token output's real positions only): Pearson r per sample and per output channel,
+and the squared error relative to the outputs' spread.
 
 The ``int8`` pass's library check and its float fallback (``keep_float=``) judge candidates
 with it.

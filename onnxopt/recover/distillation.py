@@ -1,23 +1,24 @@
 """Knowledge distillation: train the changed layers of a student to match its teacher.
 
-The teacher (the model before the pipeline) runs in onnxruntime with the targeted values
-as extra outputs; the student runs end to end in :class:`GraphModule`, the chosen
-initializers trainable (a QDQ student's quantized ones fake-quantized, and teacher value v
-compared with the student's ``DequantizeLinear(QuantizeLinear(v))`` where it has one). In a
-QDQ student the quantization scales train (LSQ-style, the rounding straight-through; at
-``scale_lr`` in log scale, chosen like ``lr`` where only scales train), and with ``quantized="all"`` also the integer weights and biases
-(AdaQuant-style), which need more data not to over-fit; int32 biases are then re-quantized
-at the new scales (:mod:`.requantize`).
-Objective: the mean over targets (changed layers' outputs, model outputs) of the
-per-channel-normalised MSE Σ_c mean((s_c − t_c)²) / (C · v_c), v_c the teacher's variance
-of channel c (:func:`~onnxopt.recover.scope.channel_axis`: axis 1 of feature maps, the last
-axis of [N, tokens, hidden] or [N, boxes, attributes]) plus 1e-3 × the channel mean: a weak
-channel counts as much as a strong one. Token data with an attention mask is judged on its
-real tokens only (a [N, tokens, …] value's padded positions are left out). Adam; batches split by index into training and
-held-out parts; the training objective covers every target, but the held-out loss (the
-best weights kept, every ``eval_every`` steps; stopping after ``patience`` evaluations
-without gain; the final keep-or-discard check) is the objective at the model outputs
-alone, what the gate judges: matching the changed layers better can cost the outputs. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
+The teacher (the model before the pipeline) runs in onnxruntime with the targeted values as
+extra outputs; the student runs end to end in :class:`GraphModule`, the chosen initializers
+trainable (a QDQ student's quantized ones fake-quantized, and teacher value v compared with
+the student's ``DequantizeLinear(QuantizeLinear(v))`` where it has one). In a QDQ student
+the quantization scales train (LSQ-style, the rounding straight-through; at ``scale_lr`` in
+log scale, chosen like ``lr`` where only scales train), and with ``quantized="all"`` also
+the integer weights and biases (AdaQuant-style), which need more data not to over-fit; int32
+biases are then re-quantized at the new scales (:mod:`.requantize`). Objective: the mean
+over targets (changed layers' outputs, model outputs) of the per-channel-normalised MSE Σ_c
+mean((s_c − t_c)²) / (C · v_c), v_c the teacher's variance of channel c
+(:func:`~onnxopt.recover.scope.channel_axis`: axis 1 of feature maps, the last axis of [N,
+tokens, hidden] or [N, boxes, attributes]) plus 1e-3 × the channel mean: a weak channel
+counts as much as a strong one. Token data with an attention mask is judged on its real
+tokens only (a [N, tokens, …] value's padded positions are left out). Adam; batches split by
+index into training and held-out parts; the training objective covers every target, but the
+held-out loss (the best weights kept, every ``eval_every`` steps; stopping after
+``patience`` evaluations without gain; the final keep-or-discard check) is the objective at
+the model outputs alone, what the gate judges: matching the changed layers better can cost
+the outputs. ``lr="auto"``: a short probe per candidate rate, the best rate (and its probe's
 weights, should the run not beat them) kept. Data streamed, one batch at a time. Guards
 return ``model=None`` with the reason: an op the engine lacks, a non-finite loss, no gain.
 """
