@@ -29,6 +29,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ._int8_scope import constant_values
 from ._output_similarity import FloatReference
 
 #: the scan scores on at least this many samples, however short its time
@@ -60,8 +61,7 @@ def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     and zero point: the range a Clip can keep), neither it nor its dequantized copies being
     graph outputs."""
     single = {t.name for t in model.graph.initializer if int(np.prod(t.dims)) == 1}
-    constants = {t.name for t in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_values(model)
     outputs = {o.name for o in model.graph.output}
     dequantized = {}  # a QuantizeLinear's output -> the DequantizeLinear nodes reading it
     quantizers: dict[str, list[onnx.NodeProto]] = {}

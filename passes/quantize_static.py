@@ -447,7 +447,7 @@ class QuantizeStaticPass(OptimizerPass, ir.passes.FunctionalPass):
         result, fallback = keep_sensitive_float(
             reference, quantized, self.options.keep_float,
             lambda done, total: self.context.progress("float fallback", done, total), FALLBACK_SECONDS)
-        shares = qc.mac_shares(prepared, probe)
+        shares = qc.mac_shares(prepared, probe) if fallback.float_nodes else {}  # shape inference: only when needed
         share = sum(shares.get(name, 0.0) for name in fallback.float_nodes)
         kept = ", ".join(fallback.kept) or "none"
         self.report.figures["keep_float"] = (
